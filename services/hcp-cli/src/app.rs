@@ -1,0 +1,299 @@
+//! The spine application: outbox relay, projection consumers, demo generators and the admin
+//! server, under one shutdown token.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use hcp_bus::transactional::{ConsumerSettings, KafkaOutboxSink, TransactionalConsumer};
+use hcp_bus::Producer;
+use hcp_db::sqlx::PgPool;
+use hcp_db::{EventStore, OutboxRelay, Projection, RelaySettings};
+use hcp_events::Topic;
+use hcp_runtime::Shutdown;
+use hcp_telemetry::{AdminServer, Readiness};
+use tokio::task::JoinSet;
+
+use crate::generator;
+use crate::projections::{MarketPrices, WorkloadBoard};
+use crate::settings::Settings;
+
+/// Which parts to run (the `hcp spine` flags; tests run parts in separate processes).
+#[derive(Debug, Clone, Copy)]
+pub struct Roles {
+    /// The outbox relay.
+    pub relay: bool,
+    /// The projection consumers.
+    pub consumers: bool,
+    /// The demo generators.
+    pub generator: bool,
+}
+
+impl Roles {
+    /// Everything.
+    pub const ALL: Roles = Roles {
+        relay: true,
+        consumers: true,
+        generator: true,
+    };
+}
+
+/// A built, not yet running, spine.
+#[derive(Debug)]
+pub struct Application {
+    settings: Settings,
+    pool: PgPool,
+    admin: AdminServer,
+    readiness: Readiness,
+    roles: Roles,
+}
+
+/// Connects to PostgreSQL, migrates, and creates the namespace's topics.
+pub async fn prepare(settings: &Settings) -> anyhow::Result<PgPool> {
+    let pool = hcp_db::connect(&settings.database)
+        .await
+        .context("failed to connect to PostgreSQL (is the stack up? `make stack-up`)")?;
+    hcp_db::migrate(&pool)
+        .await
+        .context("failed to apply migrations")?;
+    hcp_bus::admin::ensure_all_topics(&settings.kafka)
+        .await
+        .with_context(|| {
+            format!(
+                "failed to create topics on {} (is the broker up? `make stack-up`)",
+                settings.kafka.brokers
+            )
+        })?;
+    Ok(pool)
+}
+
+impl Application {
+    /// Builds the application: database, topics, admin server.
+    pub async fn build(settings: Settings, roles: Roles) -> anyhow::Result<Self> {
+        hcp_db::metrics_names::describe();
+        hcp_bus::metrics_names::describe();
+        let metrics = hcp_telemetry::install_metrics()
+            .map_err(|e| anyhow::anyhow!("failed to install the metrics recorder: {e}"))?;
+        let readiness = Readiness::default();
+        readiness.register("postgres+kafka");
+        let pool = prepare(&settings).await?;
+        readiness.set("postgres+kafka", true);
+        let addr: SocketAddr = format!("{}:{}", settings.admin.host, settings.admin.port)
+            .parse()
+            .context("invalid admin address")?;
+        let admin = AdminServer::bind(addr, metrics, readiness.clone())
+            .await
+            .with_context(|| format!("failed to bind the admin server on {addr}"))?;
+        Ok(Self {
+            settings,
+            pool,
+            admin,
+            readiness,
+            roles,
+        })
+    }
+
+    /// The admin server's port.
+    pub fn admin_port(&self) -> u16 {
+        self.admin.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Runs until the shutdown token is cancelled, then drains within the deadline.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let token = shutdown.token();
+        let kafka = &self.settings.kafka;
+        let store = EventStore::new(self.pool.clone());
+        let producer = Producer::new(kafka, "hcp-spine").context("failed to create producer")?;
+        let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+
+        let admin_token = token.clone();
+        tasks.spawn(async move {
+            self.admin
+                .run(admin_token)
+                .await
+                .context("admin server failed")
+        });
+
+        if self.roles.relay {
+            let relay = OutboxRelay::new(
+                self.pool.clone(),
+                KafkaOutboxSink(producer.clone()),
+                RelaySettings::default(),
+            );
+            let t = token.clone();
+            tasks.spawn(async move { relay.run(t).await.context("outbox relay failed") });
+        }
+        if self.roles.consumers {
+            let dlq = kafka.topic(Topic::DeadLetters);
+            spawn_consumer(
+                &mut tasks,
+                kafka,
+                &self.pool,
+                &producer,
+                WorkloadBoard::new(),
+                vec![kafka.topic(Topic::Workloads)],
+                dlq.clone(),
+                &token,
+            )?;
+            spawn_consumer(
+                &mut tasks,
+                kafka,
+                &self.pool,
+                &producer,
+                MarketPrices::new(),
+                vec![kafka.topic(Topic::Market)],
+                dlq,
+                &token,
+            )?;
+            self.readiness.register("consumers");
+            self.readiness.set("consumers", true);
+        }
+        if self.roles.generator {
+            let spine = &self.settings.spine;
+            let (s, t, rate) = (
+                store.clone(),
+                kafka.topic(Topic::Workloads),
+                spine.workloads_per_second,
+            );
+            let tok = token.clone();
+            tasks.spawn(async move {
+                let n = generator::run_workloads(s, t, rate, tok).await;
+                tracing::info!(workloads = n, "workload generator stopped");
+                Ok(())
+            });
+            match std::fs::read_to_string(&spine.market_csv) {
+                Ok(text) => {
+                    let rows = generator::parse_market_csv(&text, &spine.market_column)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", spine.market_csv))?;
+                    tracing::info!(rows = rows.len(), csv = %spine.market_csv, "replaying market prices");
+                    let (s, t, series, rate, tok) = (
+                        store.clone(),
+                        kafka.topic(Topic::Market),
+                        format!("ercot.dam.{}", spine.market_column),
+                        spine.market_rows_per_second,
+                        token.clone(),
+                    );
+                    tasks.spawn(async move {
+                        let n = generator::run_market_replay(s, t, series, rows, rate, tok).await;
+                        tracing::info!(rows = n, "market replay stopped");
+                        Ok(())
+                    });
+                }
+                Err(e) => tracing::warn!(csv = %spine.market_csv, error = %e, "market replay disabled"),
+            }
+        }
+        let every = Duration::from_secs(self.settings.spine.report_every_s.max(1));
+        let (pool, tok) = (self.pool.clone(), token.clone());
+        tasks.spawn(async move {
+            report_status(pool, every, tok).await;
+            Ok(())
+        });
+
+        token.cancelled().await;
+        self.readiness.set("postgres+kafka", false);
+        let drained = shutdown
+            .drain(async {
+                let mut first_err = None;
+                while let Some(res) = tasks.join_next().await {
+                    match res {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %format!("{e:#}"), "task failed");
+                            first_err.get_or_insert(e);
+                        }
+                        Err(e) => {
+                            first_err.get_or_insert(anyhow::anyhow!("task panicked: {e}"));
+                        }
+                    }
+                }
+                first_err
+            })
+            .await;
+        let _ = producer.flush(Duration::from_secs(2));
+        match drained {
+            Ok(None) => Ok(()),
+            Ok(Some(e)) => Err(e),
+            Err(timeout) => Err(anyhow::anyhow!("{timeout}")),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_consumer<P: Projection + 'static>(
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    kafka: &hcp_bus::KafkaSettings,
+    pool: &PgPool,
+    producer: &Producer,
+    projection: P,
+    topics: Vec<String>,
+    dlq: String,
+    token: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let group = format!("{}.{}", kafka.namespace, projection.name());
+    let settings = ConsumerSettings::new(group, topics, dlq);
+    let consumer =
+        TransactionalConsumer::new(kafka, settings, pool.clone(), projection, producer.clone())
+            .context("failed to create consumer")?;
+    let t = token.clone();
+    tasks.spawn(async move { consumer.run(t).await.context("consumer failed") });
+    Ok(())
+}
+
+/// Spine status figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    /// Events in the log.
+    pub events: i64,
+    /// Events waiting to be published.
+    pub outbox_lag: i64,
+    /// Workloads on the board.
+    pub workloads: i64,
+    /// Of which finished (completed, failed, cancelled).
+    pub finished: i64,
+    /// Market rows stored.
+    pub market_rows: i64,
+}
+
+/// Reads the status figures.
+pub async fn status(pool: &PgPool) -> Result<Status, hcp_db::sqlx::Error> {
+    let (events, outbox_lag, workloads, finished, market_rows): (i64, i64, i64, i64, i64) =
+        hcp_db::sqlx::query_as(
+            "SELECT (SELECT coalesce(max(global_position), 0) FROM events), \
+                    (SELECT count(*) FROM outbox), \
+                    (SELECT count(*) FROM workload_board), \
+                    (SELECT count(*) FROM workload_board \
+                        WHERE state IN ('completed', 'failed', 'cancelled')), \
+                    (SELECT count(*) FROM market_prices)",
+        )
+        .fetch_one(pool)
+        .await?;
+    Ok(Status {
+        events,
+        outbox_lag,
+        workloads,
+        finished,
+        market_rows,
+    })
+}
+
+async fn report_status(pool: PgPool, every: Duration, token: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match status(&pool).await {
+            Ok(s) => tracing::info!(
+                events = s.events,
+                outbox_lag = s.outbox_lag,
+                workloads = s.workloads,
+                finished = s.finished,
+                market_rows = s.market_rows,
+                "spine status"
+            ),
+            Err(e) => tracing::warn!(error = %e, "status query failed"),
+        }
+    }
+}

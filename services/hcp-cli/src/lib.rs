@@ -1,0 +1,14 @@
+//! The `hcp` operator binary as a library, so tests can start its parts in-process or as a
+//! child process they can kill.
+//!
+//! - [`settings`]: the typed configuration;
+//! - [`projections`]: the spine's read models (workload board, market prices);
+//! - [`generator`]: the demo load (workload lifecycles and replayed ERCOT prices);
+//! - [`app`]: wiring relay, consumers and admin server into one runnable application;
+//! - [`cli`]: the command line.
+
+pub mod app;
+pub mod cli;
+pub mod generator;
+pub mod projections;
+pub mod settings;

@@ -1,0 +1,43 @@
+//! Kafka for HCP, over rdkafka (librdkafka):
+//! - [`KafkaSettings`]: one place for client tuning (latency-first defaults);
+//! - [`Producer`]: idempotent, `acks=all`, key = stream id, headers = type, version, event id
+//!   and W3C trace context;
+//! - [`admin::ensure_topics`]: idempotent topic creation at startup;
+//! - [`dead_letter`]: poison messages with the reason and the original bytes;
+//! - [`trace`]: trace context into and out of Kafka headers;
+//! - with feature `postgres`, [`transactional`]: the outbox sink and the consumer that stores
+//!   its position in PostgreSQL in the same transaction as its effects.
+
+pub mod admin;
+pub mod dead_letter;
+pub mod metrics_names;
+pub mod producer;
+pub mod settings;
+pub mod trace;
+#[cfg(feature = "postgres")]
+pub mod transactional;
+
+pub use producer::{OutgoingMessage, Producer};
+pub use settings::KafkaSettings;
+
+/// Errors talking to Kafka.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The client could not be created (bad configuration).
+    #[error("kafka client configuration: {0}")]
+    Config(String),
+    /// A message was not acknowledged.
+    #[error("delivery to {topic} failed: {reason}")]
+    Delivery {
+        /// Topic.
+        topic: String,
+        /// librdkafka's reason.
+        reason: String,
+    },
+    /// An admin operation failed.
+    #[error("kafka admin: {0}")]
+    Admin(String),
+    /// Other client errors (transient).
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}

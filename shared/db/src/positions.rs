@@ -1,0 +1,128 @@
+//! Consumer positions and idempotency, always written in the consumer's own transaction
+//! together with its effects. Kafka offsets stored here are the truth for resuming; the
+//! per-stream sequence makes applying an event a second time impossible.
+
+use sqlx::PgConnection;
+
+/// The outcome of claiming an event's stream sequence for a consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// First time this consumer sees this sequence: apply it.
+    Apply {
+        /// The previously applied sequence (0 when the stream is new to this consumer).
+        previous: i64,
+    },
+    /// Already applied (a duplicate on the wire or a redelivery): skip it.
+    Duplicate {
+        /// The last applied sequence.
+        last: i64,
+    },
+}
+
+/// Claims `(stream_id, sequence)` for `consumer`, locking the stream position row until the
+/// transaction ends. Concurrent consumers of the same stream serialise here.
+pub async fn claim_stream_sequence(
+    conn: &mut PgConnection,
+    consumer: &str,
+    stream_id: &str,
+    sequence: i64,
+) -> Result<Claim, sqlx::Error> {
+    let (previous, applied): (Option<i64>, bool) = sqlx::query_as(
+        "WITH prev AS ( \
+             SELECT last_sequence FROM consumer_stream_positions \
+             WHERE consumer = $1 AND stream_id = $2 FOR UPDATE), \
+         up AS ( \
+             INSERT INTO consumer_stream_positions AS p (consumer, stream_id, last_sequence) \
+             VALUES ($1, $2, $3) \
+             ON CONFLICT (consumer, stream_id) DO UPDATE SET last_sequence = EXCLUDED.last_sequence \
+             WHERE p.last_sequence < EXCLUDED.last_sequence \
+             RETURNING 1) \
+         SELECT (SELECT last_sequence FROM prev), EXISTS (SELECT 1 FROM up)",
+    )
+    .bind(consumer)
+    .bind(stream_id)
+    .bind(sequence)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(if applied {
+        Claim::Apply {
+            previous: previous.unwrap_or(0),
+        }
+    } else {
+        Claim::Duplicate {
+            last: previous.unwrap_or(sequence),
+        }
+    })
+}
+
+/// The next offset to read for `(consumer, topic, partition)`, locked for the transaction so
+/// that two instances briefly owning the same partition during a rebalance cannot both apply.
+pub async fn lock_next_offset(
+    conn: &mut PgConnection,
+    consumer: &str,
+    topic: &str,
+    partition: i32,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO consumer_offsets (consumer, topic, partition, next_offset) \
+         VALUES ($1, $2, $3, -1) ON CONFLICT DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(topic)
+    .bind(partition)
+    .execute(&mut *conn)
+    .await?;
+    let next: i64 = sqlx::query_scalar(
+        "SELECT next_offset FROM consumer_offsets \
+         WHERE consumer = $1 AND topic = $2 AND partition = $3 FOR UPDATE",
+    )
+    .bind(consumer)
+    .bind(topic)
+    .bind(partition)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok((next >= 0).then_some(next))
+}
+
+/// Reads the stored next offset without locking (used to seek on partition assignment).
+pub async fn next_offset(
+    conn: &mut PgConnection,
+    consumer: &str,
+    topic: &str,
+    partition: i32,
+) -> Result<Option<i64>, sqlx::Error> {
+    let next: Option<i64> = sqlx::query_scalar(
+        "SELECT next_offset FROM consumer_offsets \
+         WHERE consumer = $1 AND topic = $2 AND partition = $3",
+    )
+    .bind(consumer)
+    .bind(topic)
+    .bind(partition)
+    .fetch_optional(conn)
+    .await?;
+    Ok(next.filter(|n| *n >= 0))
+}
+
+/// Records that everything before `next` in the partition has been handled.
+pub async fn store_next_offset(
+    conn: &mut PgConnection,
+    consumer: &str,
+    topic: &str,
+    partition: i32,
+    next: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO consumer_offsets AS o (consumer, topic, partition, next_offset) \
+         VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (consumer, topic, partition) DO UPDATE \
+         SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset), \
+             updated_at = clock_timestamp()",
+    )
+    .bind(consumer)
+    .bind(topic)
+    .bind(partition)
+    .bind(next)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

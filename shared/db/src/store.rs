@@ -1,0 +1,401 @@
+//! The append-only event store. Appends take the caller's transaction so that events, outbox
+//! rows and any other writes of the same command commit or roll back together.
+
+use std::time::Instant;
+
+use hcp_events::{Envelope, RawEnvelope};
+use serde_json::value::RawValue;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::metrics_names as m;
+
+/// What the caller believes about the stream before appending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Append whatever the stream holds (still serialised with other writers).
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's last sequence must be exactly this.
+    Exact(i64),
+}
+
+impl std::fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::Exact(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// Where appended events are published, and the trace they continue.
+#[derive(Debug, Clone, Default)]
+pub struct Publish {
+    /// Kafka topic; `None` keeps the events out of the outbox (internal streams).
+    pub topic: Option<String>,
+    /// W3C `traceparent` of the appending span.
+    pub traceparent: Option<String>,
+    /// W3C `tracestate`.
+    pub tracestate: Option<String>,
+}
+
+impl Publish {
+    /// Publish to `topic` with no trace context.
+    pub fn to(topic: impl Into<String>) -> Self {
+        Self {
+            topic: Some(topic.into()),
+            ..Self::default()
+        }
+    }
+
+    /// Adds trace context.
+    pub fn with_trace(mut self, traceparent: Option<String>, tracestate: Option<String>) -> Self {
+        self.traceparent = traceparent;
+        self.tracestate = tracestate;
+        self
+    }
+}
+
+/// The result of an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// The stream's version after the append.
+    pub new_version: i64,
+    /// Global positions assigned, in order.
+    pub positions: Vec<i64>,
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedEvent {
+    /// Position in the global log.
+    pub global_position: i64,
+    /// When the store recorded it.
+    pub recorded_at: OffsetDateTime,
+    /// The event.
+    pub envelope: Envelope,
+    /// Trace context captured at append.
+    pub traceparent: Option<String>,
+    /// Trace state captured at append.
+    pub tracestate: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct EventRow {
+    pub global_position: i64,
+    pub event_id: Uuid,
+    pub stream_id: String,
+    pub stream_sequence: i64,
+    pub event_type: String,
+    pub schema_version: i16,
+    pub occurred_at: OffsetDateTime,
+    pub recorded_at: OffsetDateTime,
+    pub correlation_id: Uuid,
+    pub causation_id: Option<Uuid>,
+    pub producer: String,
+    pub payload: sqlx::types::Json<Box<RawValue>>,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+pub(crate) const EVENT_COLUMNS: &str = "e.global_position, e.event_id, e.stream_id, \
+    e.stream_sequence, e.event_type, e.schema_version, e.occurred_at, e.recorded_at, \
+    e.correlation_id, e.causation_id, e.producer, e.payload, e.traceparent, e.tracestate";
+
+impl EventRow {
+    pub(crate) fn into_recorded(self) -> Result<RecordedEvent, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            position: self.global_position,
+            reason,
+        };
+        let version = u16::try_from(self.schema_version)
+            .map_err(|_| corrupt(format!("schema version {}", self.schema_version)))?;
+        let raw = RawEnvelope {
+            event_id: self.event_id,
+            event_type: self.event_type.clone(),
+            schema_version: version,
+            stream_id: self.stream_id.clone(),
+            sequence: self.stream_sequence,
+            occurred_at: self.occurred_at,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            producer: self.producer.clone(),
+            payload: self.payload.0.clone(),
+        };
+        let envelope = Envelope::from_raw(raw).map_err(|e| corrupt(e.to_string()))?;
+        Ok(RecordedEvent {
+            global_position: self.global_position,
+            recorded_at: self.recorded_at,
+            envelope,
+            traceparent: self.traceparent,
+            tracestate: self.tracestate,
+        })
+    }
+}
+
+/// The event store over a pool.
+#[derive(Debug, Clone)]
+pub struct EventStore {
+    pool: PgPool,
+}
+
+impl EventStore {
+    /// A store over `pool`.
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The pool (for callers that open their own transactions).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Begins a transaction.
+    pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// Appends `events` to one stream inside the caller's transaction, assigning sequences
+    /// after the stream's current version, and enqueues them in the outbox when
+    /// `publish.topic` is set. Concurrent appends to the same stream are serialised on the
+    /// stream row; the loser gets [`StoreError::ConcurrencyConflict`].
+    #[tracing::instrument(skip_all, fields(stream_id = %stream_id, count = events.len()), err)]
+    pub async fn append(
+        tx: &mut PgConnection,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: &[Envelope],
+        publish: &Publish,
+    ) -> Result<AppendOutcome, StoreError> {
+        let started = Instant::now();
+        if events.is_empty() {
+            return Err(StoreError::InvalidAppend("nothing to append".into()));
+        }
+        if let Some(e) = events.iter().find(|e| e.stream_id != stream_id) {
+            return Err(StoreError::InvalidAppend(format!(
+                "event {} belongs to stream `{}`, not `{stream_id}`",
+                e.event_id, e.stream_id
+            )));
+        }
+        let count = i64::try_from(events.len())
+            .map_err(|_| StoreError::InvalidAppend("too many events".into()))?;
+
+        // Lock (or create) the stream row; this is what serialises concurrent writers.
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = $1 FOR UPDATE")
+                .bind(stream_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let actual = current.unwrap_or(0);
+        let ok = match expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => current.is_none(),
+            ExpectedVersion::Exact(v) => v == actual,
+        };
+        if !ok {
+            metrics::counter!(m::APPEND_CONFLICTS).increment(1);
+            return Err(StoreError::ConcurrencyConflict {
+                stream_id: stream_id.to_owned(),
+                expected: expected.to_string(),
+                actual,
+            });
+        }
+        let new_version = actual + count;
+        let updated = if current.is_some() {
+            sqlx::query("UPDATE streams SET version = $2, updated_at = clock_timestamp() WHERE stream_id = $1 AND version = $3")
+                .bind(stream_id)
+                .bind(new_version)
+                .bind(actual)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+        } else {
+            sqlx::query("INSERT INTO streams (stream_id, version) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(stream_id)
+                .bind(new_version)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+        };
+        if updated != 1 {
+            // A concurrent creator won the race for a new stream.
+            metrics::counter!(m::APPEND_CONFLICTS).increment(1);
+            return Err(StoreError::ConcurrencyConflict {
+                stream_id: stream_id.to_owned(),
+                expected: expected.to_string(),
+                actual,
+            });
+        }
+
+        let mut ids = Vec::with_capacity(events.len());
+        let mut seqs = Vec::with_capacity(events.len());
+        let mut types = Vec::with_capacity(events.len());
+        let mut versions = Vec::with_capacity(events.len());
+        let mut occurred = Vec::with_capacity(events.len());
+        let mut correlations = Vec::with_capacity(events.len());
+        let mut causations: Vec<Option<Uuid>> = Vec::with_capacity(events.len());
+        let mut producers = Vec::with_capacity(events.len());
+        let mut payloads = Vec::with_capacity(events.len());
+        for (i, e) in (1_i64..).zip(events) {
+            let raw = e
+                .to_raw()
+                .map_err(|err| StoreError::InvalidAppend(err.to_string()))?;
+            ids.push(e.event_id);
+            seqs.push(actual + i);
+            types.push(raw.event_type);
+            versions.push(i16::try_from(e.schema_version).unwrap_or(i16::MAX));
+            occurred.push(e.occurred_at);
+            correlations.push(e.correlation_id);
+            causations.push(e.causation_id);
+            producers.push(e.producer.clone());
+            payloads.push(sqlx::types::Json(raw.payload));
+        }
+        let positions: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO events (event_id, stream_id, stream_sequence, event_type, schema_version, \
+                 occurred_at, correlation_id, causation_id, producer, payload, traceparent, tracestate) \
+             SELECT u.id, $2, u.seq, u.ty, u.ver, u.occ, u.corr, u.caus, u.prod, u.payload, $11, $12 \
+             FROM UNNEST($1::uuid[], $3::bigint[], $4::text[], $5::smallint[], $6::timestamptz[], \
+                         $7::uuid[], $8::uuid[], $9::text[], $10::jsonb[]) \
+                  WITH ORDINALITY AS u(id, seq, ty, ver, occ, corr, caus, prod, payload, ord) \
+             ORDER BY u.ord \
+             RETURNING global_position",
+        )
+        .bind(&ids)
+        .bind(stream_id)
+        .bind(&seqs)
+        .bind(&types)
+        .bind(&versions)
+        .bind(&occurred)
+        .bind(&correlations)
+        .bind(&causations)
+        .bind(&producers)
+        .bind(&payloads)
+        .bind(&publish.traceparent)
+        .bind(&publish.tracestate)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| translate_unique(e, stream_id, expected, actual))?;
+        let mut positions = positions;
+        positions.sort_unstable();
+
+        if let Some(topic) = &publish.topic {
+            sqlx::query("INSERT INTO outbox (global_position, topic) SELECT unnest($1::bigint[]), $2")
+                .bind(&positions)
+                .bind(topic)
+                .execute(&mut *tx)
+                .await?;
+        }
+        metrics::counter!(m::EVENTS_APPENDED).increment(events.len() as u64);
+        metrics::histogram!(m::EVENT_APPEND_DURATION).record(started.elapsed().as_secs_f64());
+        Ok(AppendOutcome {
+            new_version,
+            positions,
+        })
+    }
+
+    /// Appends in a transaction of its own and commits.
+    pub async fn append_and_commit(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: &[Envelope],
+        publish: &Publish,
+    ) -> Result<AppendOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let out = Self::append(&mut tx, stream_id, expected, events, publish).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// The stream's current version (0 when it does not exist).
+    pub async fn stream_version(&self, stream_id: &str) -> Result<i64, StoreError> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = $1")
+            .bind(stream_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Reads a whole stream in sequence order.
+    pub async fn read_stream(&self, stream_id: &str) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read_stream_as_of(stream_id, None).await
+    }
+
+    /// Reads a stream as the store knew it at `as_of` (recorded time), or now when `None`:
+    /// point-in-time reads for audits and "what did we know then" questions.
+    pub async fn read_stream_as_of(
+        &self,
+        stream_id: &str,
+        as_of: Option<OffsetDateTime>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows: Vec<EventRow> = sqlx::query_as(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.stream_id = $1 \
+             AND ($2::timestamptz IS NULL OR e.recorded_at <= $2) ORDER BY e.stream_sequence"
+        ))
+        .bind(stream_id)
+        .bind(as_of)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(EventRow::into_recorded).collect()
+    }
+
+    /// Reads the global log after `after_position`, at most `limit` events, in order.
+    pub async fn read_all(
+        &self,
+        after_position: i64,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        read_all_on(&mut *self.pool.acquire().await?, after_position, limit).await
+    }
+
+    /// The highest global position recorded (0 when empty).
+    pub async fn head(&self) -> Result<i64, StoreError> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT max(global_position) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+}
+
+/// Reads the global log on a given connection (used by replay inside its transaction).
+pub(crate) async fn read_all_on(
+    conn: &mut PgConnection,
+    after_position: i64,
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let rows: Vec<EventRow> = sqlx::query_as(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events e WHERE e.global_position > $1 \
+         ORDER BY e.global_position LIMIT $2"
+    ))
+    .bind(after_position)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter().map(EventRow::into_recorded).collect()
+}
+
+fn translate_unique(
+    e: sqlx::Error,
+    stream_id: &str,
+    expected: ExpectedVersion,
+    actual: i64,
+) -> StoreError {
+    if let sqlx::Error::Database(db) = &e {
+        if db.is_unique_violation() {
+            if db.constraint() == Some("events_stream_sequence_key") {
+                return StoreError::ConcurrencyConflict {
+                    stream_id: stream_id.to_owned(),
+                    expected: expected.to_string(),
+                    actual,
+                };
+            }
+            return StoreError::InvalidAppend(format!("duplicate event id: {}", db.message()));
+        }
+    }
+    StoreError::Database(e)
+}

@@ -1,0 +1,104 @@
+//! Golden fixtures: one JSON envelope per event type and version under `fixtures/`. Old versions
+//! must keep decoding forever; the current version must encode byte-for-byte the same JSON.
+//! Set `HCP_BLESS=1` to (re)write fixtures for the current versions after a deliberate change.
+
+use hcp_events::payload::*;
+use hcp_events::{Envelope, Event, EventType};
+use time::macros::datetime;
+use uuid::Uuid;
+
+fn sample(ty: EventType) -> Event {
+    let workload_id = Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001);
+    match ty {
+        EventType::WorkloadSubmitted => Event::WorkloadSubmitted(WorkloadSubmitted {
+            workload_id,
+            tenant_id: "acme".into(),
+            kind: WorkloadKind::BatchInference,
+            model: "all-MiniLM-L6-v2".into(),
+            gpu_count: 2,
+            duration_s: 900,
+        }),
+        EventType::WorkloadScheduled => Event::WorkloadScheduled(WorkloadScheduled {
+            workload_id,
+            worker_id: "worker-a".into(),
+            gpu_ids: vec!["gpu-0".into(), "gpu-1".into()],
+        }),
+        EventType::WorkloadStarted => Event::WorkloadStarted(WorkloadStarted { workload_id }),
+        EventType::WorkloadCompleted => Event::WorkloadCompleted(WorkloadCompleted {
+            workload_id,
+            runtime_s: 901.5,
+        }),
+        EventType::WorkloadFailed => Event::WorkloadFailed(WorkloadFailed {
+            workload_id,
+            reason: "deadline passed before placement".into(),
+        }),
+        EventType::WorkloadCancelled => Event::WorkloadCancelled(WorkloadCancelled {
+            workload_id,
+            requested_by: "tenant:acme".into(),
+        }),
+        EventType::MarketPriceObserved => Event::MarketPriceObserved(MarketPriceObserved {
+            series: "ercot.rt.LZ_WEST".into(),
+            interval_start: datetime!(2023-08-10 20:00 UTC),
+            value: 4987.25,
+            unit: "usd_per_mwh".into(),
+        }),
+    }
+}
+
+fn envelope(ty: EventType) -> Envelope {
+    Envelope {
+        event_id: Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_00aa),
+        schema_version: ty.current_version(),
+        stream_id: "workload-01900000-0000-7000-8000-000000000001".into(),
+        sequence: 3,
+        occurred_at: datetime!(2026-11-23 12:00:00.123 UTC),
+        correlation_id: Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_00bb),
+        causation_id: Some(Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_00cc)),
+        producer: "fixture".into(),
+        payload: sample(ty),
+    }
+}
+
+fn fixture_path(ty: EventType, version: u16) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(format!("{}.v{version}.json", ty.as_str()))
+}
+
+#[test]
+fn every_current_version_matches_its_golden_fixture() {
+    let bless = std::env::var_os("HCP_BLESS").is_some();
+    for ty in EventType::ALL {
+        let path = fixture_path(ty, ty.current_version());
+        let value: serde_json::Value =
+            serde_json::from_slice(&envelope(ty).to_json().unwrap()).unwrap();
+        let mut encoded = serde_json::to_string_pretty(&value).unwrap();
+        encoded.push('\n');
+        if bless {
+            std::fs::write(&path, &encoded).unwrap();
+        }
+        let golden = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("missing fixture {} ({e})", path.display()));
+        assert_eq!(encoded, golden, "{ty} no longer encodes as its fixture");
+    }
+}
+
+#[test]
+fn every_fixture_of_every_version_still_decodes() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        let env = Envelope::from_json(&bytes)
+            .unwrap_or_else(|e| panic!("{} no longer decodes: {e}", path.display()));
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        assert!(
+            name.starts_with(env.event_type().as_str()),
+            "{name} decoded as {}",
+            env.event_type()
+        );
+        seen += 1;
+    }
+    assert!(seen >= EventType::ALL.len());
+}

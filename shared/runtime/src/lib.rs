@@ -1,0 +1,8 @@
+//! Process plumbing shared by every HCP binary: layered typed configuration ([`config`]) and
+//! graceful shutdown ([`shutdown`]).
+
+pub mod config;
+pub mod shutdown;
+
+pub use config::{load, ConfigError};
+pub use shutdown::{Shutdown, ShutdownGuard};
