@@ -40,7 +40,7 @@ BEGIN
     END IF;
     lo := date_bin(t.chunk, p_from, TIMESTAMPTZ '2000-01-01 00:00:00+00');
     WHILE lo < p_to LOOP
-        part := format('%s_p%s', p_table, to_char(lo AT TIME ZONE 'UTC', 'YYYYMMDD"T"HH24MI'));
+        part := format('%s_p%s', p_table, to_char(lo AT TIME ZONE 'UTC', 'YYYYMMDD_HH24MI'));
         IF to_regclass(part) IS NULL THEN
             EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
                            part, p_table, lo, lo + t.chunk);

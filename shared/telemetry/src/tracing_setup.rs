@@ -30,6 +30,10 @@ pub struct TelemetrySettings {
     /// `EnvFilter` directives, e.g. `info,hcp_db=debug`. `RUST_LOG` wins when set.
     #[serde(default = "default_filter")]
     pub log_filter: String,
+    /// `EnvFilter` directives for spans sent to OpenTelemetry, independent of the log filter
+    /// so that quiet logs do not break trace propagation.
+    #[serde(default = "default_filter")]
+    pub trace_filter: String,
     /// OTLP/HTTP endpoint (e.g. `http://127.0.0.1:4318`). Falls back to
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`; no export when neither is set.
     #[serde(default)]
@@ -45,6 +49,7 @@ impl Default for TelemetrySettings {
         Self {
             log_format: LogFormat::default(),
             log_filter: default_filter(),
+            trace_filter: default_filter(),
             otlp_endpoint: None,
         }
     }
@@ -130,13 +135,22 @@ pub fn init_tracing(
             .json()
             .with_current_span(true)
             .flatten_event(true)
+            .with_filter(filter)
             .boxed(),
-        LogFormat::Pretty => tracing_subscriber::fmt::layer().compact().boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .compact()
+            .with_filter(filter)
+            .boxed(),
     };
+    let trace_filter =
+        EnvFilter::try_new(&settings.trace_filter).unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::registry()
-        .with(filter)
         .with(fmt)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(trace_filter),
+        )
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
     Ok(TelemetryGuard { provider })

@@ -1,0 +1,435 @@
+//! The spine against the real broker and the real PostgreSQL: ordering, conflicts, dead
+//! letters, replay, point-in-time reads, trace propagation, time-series storage.
+
+use std::time::Duration;
+
+use hcp_bus::OutgoingMessage;
+use hcp_cli::projections::{MarketPrices, WorkloadBoard};
+use hcp_db::sqlx::{self, PgConnection};
+use hcp_db::{ApplyError, EventStore, ExpectedVersion, Projection, Publish, StoreError};
+use hcp_events::payload::*;
+use hcp_events::{headers, Envelope, Event, Topic};
+use hcp_tests::fixtures::{lifecycle, start_consumer, start_relay};
+use hcp_tests::{key_of, read_topic, wait_until, TestEnv};
+use rdkafka::message::{Headers, Message};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(50);
+
+async fn board_state(env: &TestEnv, id: Uuid) -> Option<(String, i32)> {
+    sqlx::query_as("SELECT state, events_seen FROM workload_board WHERE workload_id = $1")
+        .bind(id)
+        .fetch_optional(&env.pool)
+        .await
+        .unwrap()
+}
+
+fn header<'a>(m: &'a rdkafka::message::OwnedMessage, key: &str) -> Option<&'a str> {
+    m.headers()?
+        .iter()
+        .find(|h| h.key == key)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_appended_in_one_transaction_are_published_in_order_and_projected() {
+    let env = TestEnv::new().await;
+    let topic = env.topic(Topic::Workloads);
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut tx = env.pool.begin().await.unwrap();
+    let sa = format!("workload-{a}");
+    let sb = format!("workload-{b}");
+    let out_a = EventStore::append(&mut tx, &sa, ExpectedVersion::NoStream, &lifecycle(a), &Publish::to(&topic))
+        .await
+        .unwrap();
+    let out_b = EventStore::append(&mut tx, &sb, ExpectedVersion::NoStream, &lifecycle(b)[..2], &Publish::to(&topic))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(out_a.new_version, 4);
+    assert_eq!(out_b.new_version, 2);
+    assert!(out_a.positions.windows(2).all(|w| w[0] < w[1]));
+    assert!(out_a.positions.last() < out_b.positions.first());
+
+    let relay = start_relay(&env);
+    let board = start_consumer(&env, WorkloadBoard::new(), Topic::Workloads);
+
+    let wire = read_topic(&env.kafka, &topic, 6, WAIT).await;
+    assert_eq!(wire.len(), 6, "every appended event is on the wire");
+    let seqs_a: Vec<i64> = wire
+        .iter()
+        .filter(|m| key_of(m) == sa)
+        .map(|m| Envelope::from_json(m.payload().unwrap()).unwrap().sequence)
+        .collect();
+    assert_eq!(seqs_a, vec![1, 2, 3, 4], "one stream's events keep their order");
+    let first = &wire.iter().find(|m| key_of(m) == sa).unwrap();
+    assert_eq!(header(first, headers::EVENT_TYPE), Some("workload.submitted"));
+    assert_eq!(header(first, headers::SCHEMA_VERSION), Some("1"));
+
+    assert!(
+        wait_until(WAIT, POLL, || async {
+            board_state(&env, a).await == Some(("completed".into(), 4))
+                && board_state(&env, b).await == Some(("scheduled".into(), 2))
+        })
+        .await,
+        "projection reached the final state: a={:?} b={:?}",
+        board_state(&env, a).await,
+        board_state(&env, b).await
+    );
+    board.stop().await;
+    relay.stop().await;
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(outbox, 0, "published events leave the outbox");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_append_at_the_same_sequence_fails_with_a_conflict() {
+    let env = TestEnv::new().await;
+    let id = Uuid::now_v7();
+    let stream = format!("workload-{id}");
+    let store = EventStore::new(env.pool.clone());
+    let events = lifecycle(id);
+    store
+        .append_and_commit(&stream, ExpectedVersion::NoStream, &events[..1], &Publish::default())
+        .await
+        .unwrap();
+
+    // Two writers both read version 1 and race to write sequence 2.
+    let mut tx1 = env.pool.begin().await.unwrap();
+    EventStore::append(&mut tx1, &stream, ExpectedVersion::Exact(1), &events[1..2], &Publish::default())
+        .await
+        .unwrap();
+    let pool = env.pool.clone();
+    let (s2, e2) = (stream.clone(), events[1..2].to_vec());
+    let second = tokio::spawn(async move {
+        let mut tx2 = pool.begin().await.unwrap();
+        let r = EventStore::append(&mut tx2, &s2, ExpectedVersion::Exact(1), &e2, &Publish::default()).await;
+        if r.is_ok() {
+            tx2.commit().await.unwrap();
+        }
+        r
+    });
+    // The second writer is now blocked on the stream row; let the first commit.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!second.is_finished(), "the second writer must wait for the first");
+    tx1.commit().await.unwrap();
+    let err = second.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, StoreError::ConcurrencyConflict { actual: 2, .. }),
+        "got {err:?}"
+    );
+    assert_eq!(store.stream_version(&stream).await.unwrap(), 2);
+
+    // Creating an existing stream conflicts too, and so does a stale expectation.
+    let err = store
+        .append_and_commit(&stream, ExpectedVersion::NoStream, &events[2..3], &Publish::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::ConcurrencyConflict { .. }), "{err:?}");
+    let err = store
+        .append_and_commit(&stream, ExpectedVersion::Exact(7), &events[2..3], &Publish::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::ConcurrencyConflict { actual: 2, .. }), "{err:?}");
+    assert_eq!(store.read_stream(&stream).await.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_log_refuses_updates_and_deletes() {
+    let env = TestEnv::new().await;
+    let id = Uuid::now_v7();
+    EventStore::new(env.pool.clone())
+        .append_and_commit(&format!("workload-{id}"), ExpectedVersion::Any, &lifecycle(id)[..1], &Publish::default())
+        .await
+        .unwrap();
+    let upd = sqlx::query("UPDATE events SET producer = 'x'").execute(&env.pool).await;
+    let del = sqlx::query("DELETE FROM events").execute(&env.pool).await;
+    assert!(upd.unwrap_err().to_string().contains("append-only"));
+    assert!(del.unwrap_err().to_string().contains("append-only"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_poison_messages_land_in_dead_letters_with_a_reason_and_the_consumer_goes_on() {
+    let env = TestEnv::new().await;
+    let topic = env.topic(Topic::Workloads);
+    let producer = hcp_bus::Producer::new(&env.kafka, "test-raw").unwrap();
+    let garbage = b"{\"event_id\": \"not-a-uuid\"".to_vec();
+    let id = Uuid::now_v7();
+    let stream = format!("workload-{id}");
+    // Poison: a completion for a workload nobody submitted (valid envelope, invalid transition).
+    let mut poison = Envelope::new(
+        format!("workload-{}", Uuid::now_v7()),
+        "test",
+        Event::WorkloadCompleted(WorkloadCompleted { workload_id: Uuid::now_v7(), runtime_s: 1.0 }),
+    );
+    poison.sequence = 1;
+    let mut good = lifecycle(id);
+    for (i, e) in good.iter_mut().enumerate() {
+        e.sequence = i as i64 + 1;
+    }
+    let mut msgs = vec![
+        OutgoingMessage { topic: topic.clone(), key: stream.clone(), payload: garbage.clone(), headers: vec![] },
+        OutgoingMessage { topic: topic.clone(), key: poison.stream_id.clone(), payload: poison.to_json().unwrap(), headers: vec![] },
+    ];
+    for e in &good {
+        msgs.push(OutgoingMessage { topic: topic.clone(), key: stream.clone(), payload: e.to_json().unwrap(), headers: vec![] });
+    }
+    producer.send_batch(&msgs).await.unwrap();
+
+    let board = start_consumer(&env, WorkloadBoard::new(), Topic::Workloads);
+    assert!(
+        wait_until(WAIT, POLL, || async { board_state(&env, id).await == Some(("completed".into(), 4)) }).await,
+        "the consumer went past the bad messages"
+    );
+    let dead = read_topic(&env.kafka, &env.topic(Topic::DeadLetters), 2, WAIT).await;
+    board.stop().await;
+    assert_eq!(dead.len(), 2, "both bad messages were dead-lettered, nothing else");
+    let malformed = dead.iter().find(|m| header(m, headers::DLQ_KIND) == Some("malformed")).expect("malformed");
+    assert_eq!(malformed.payload().unwrap(), garbage.as_slice(), "original bytes kept");
+    assert!(header(malformed, headers::DLQ_REASON).unwrap().contains("malformed envelope"));
+    assert_eq!(header(malformed, headers::DLQ_SOURCE_TOPIC), Some(topic.as_str()));
+    let poisoned = dead.iter().find(|m| header(m, headers::DLQ_KIND) == Some("poison")).expect("poison");
+    let reason = header(poisoned, headers::DLQ_REASON).unwrap();
+    assert!(reason.contains("unknown workload"), "{reason}");
+    let on_board: i64 = sqlx::query_scalar("SELECT count(*) FROM workload_board").fetch_one(&env.pool).await.unwrap();
+    assert_eq!(on_board, 1, "the poison event left no partial writes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_rebuilt_by_replay_is_identical_to_the_live_one_and_streams_read_as_of_a_past_time() {
+    let env = TestEnv::new().await;
+    let topic = env.topic(Topic::Workloads);
+    let store = EventStore::new(env.pool.clone());
+    let ids: Vec<Uuid> = (0..40).map(|_| Uuid::now_v7()).collect();
+    let mut midpoint = None;
+    for (n, id) in ids.iter().enumerate() {
+        let events = lifecycle(*id);
+        // Leave some workloads part-way, to make the board non-trivial.
+        let take = 1 + n % 4;
+        let stream = format!("workload-{id}");
+        store
+            .append_and_commit(&stream, ExpectedVersion::NoStream, &events[..take.min(2)], &Publish::to(&topic))
+            .await
+            .unwrap();
+        if n == 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            midpoint = Some(time::OffsetDateTime::now_utc());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if take > 2 {
+            store
+                .append_and_commit(&stream, ExpectedVersion::Exact(2), &events[2..take], &Publish::to(&topic))
+                .await
+                .unwrap();
+        }
+    }
+    let relay = start_relay(&env);
+    let board = start_consumer(&env, WorkloadBoard::new(), Topic::Workloads);
+    let expected_events: i64 = ids.iter().enumerate().map(|(n, _)| 1 + (n % 4) as i64).sum();
+    assert!(
+        wait_until(WAIT, POLL, || async {
+            let seen: Option<i64> = sqlx::query_scalar("SELECT sum(events_seen)::bigint FROM workload_board")
+                .fetch_one(&env.pool)
+                .await
+                .unwrap();
+            seen == Some(expected_events)
+        })
+        .await
+    );
+    board.stop().await;
+    relay.stop().await;
+
+    let snapshot = |pool: hcp_db::sqlx::PgPool| async move {
+        let rows: Vec<(Uuid, String, String, i32, i32, i64, Option<String>)> = sqlx::query_as(
+            "SELECT workload_id, tenant_id, state, gpu_count, events_seen, last_sequence, detail \
+             FROM workload_board ORDER BY workload_id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        rows
+    };
+    let live = snapshot(env.pool.clone()).await;
+    assert_eq!(live.len(), ids.len());
+    let applied = hcp_db::rebuild(&env.pool, &WorkloadBoard::new()).await.unwrap();
+    assert_eq!(applied as i64, expected_events);
+    let rebuilt = snapshot(env.pool.clone()).await;
+    assert_eq!(rebuilt, live, "replay reproduces the live projection exactly");
+
+    // Point in time: at the midpoint the fourth workload had its first two events, not four,
+    // and the fifth did not exist yet.
+    let fourth = format!("workload-{}", ids[3]);
+    let then = store.read_stream_as_of(&fourth, midpoint).await.unwrap();
+    let seqs: Vec<i64> = then.iter().map(|e| e.envelope.sequence).collect();
+    assert_eq!(seqs, vec![1, 2], "as of the midpoint");
+    assert_eq!(store.read_stream(&fourth).await.unwrap().len(), 4);
+    let fifth = format!("workload-{}", ids[4]);
+    assert!(store.read_stream_as_of(&fifth, midpoint).await.unwrap().is_empty());
+    assert_eq!(store.read_stream(&fifth).await.unwrap().len(), 1);
+}
+
+/// Records the trace id the consumer's span carries when it applies an event.
+#[derive(Debug)]
+struct TraceProbe;
+
+impl Projection for TraceProbe {
+    fn name(&self) -> &str {
+        "trace-probe"
+    }
+
+    async fn apply(&self, tx: &mut PgConnection, e: &Envelope) -> Result<(), ApplyError> {
+        let trace = hcp_bus::trace::current_trace_id();
+        sqlx::query("INSERT INTO trace_probe (event_id, trace_id) VALUES ($1, $2)")
+            .bind(e.event_id)
+            .bind(trace)
+            .execute(tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn reset(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM trace_probe").execute(tx).await.map(|_| ())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_started_before_publishing_continues_in_the_consumer() {
+    hcp_tests::init_tracing();
+    let env = TestEnv::new().await;
+    sqlx::query("CREATE TABLE trace_probe (event_id UUID PRIMARY KEY, trace_id TEXT)")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let store = EventStore::new(env.pool.clone());
+    let id = Uuid::now_v7();
+    let span = tracing::info_span!("submit_for_test");
+    let (trace_id, event_id) = {
+        let _g = span.enter();
+        let trace_id = hcp_bus::trace::current_trace_id().expect("the test span has a trace id");
+        let (tp, ts) = hcp_bus::trace::current_trace_headers();
+        assert!(tp.as_deref().is_some_and(|t| t.contains(&trace_id)));
+        let events = lifecycle(id);
+        let event_id = events[0].event_id;
+        let publish = Publish::to(env.topic(Topic::Workloads)).with_trace(tp, ts);
+        (trace_id, (events, publish, event_id))
+    };
+    let (events, publish, event_id) = event_id;
+    store
+        .append_and_commit(&format!("workload-{id}"), ExpectedVersion::NoStream, &events[..1], &publish)
+        .await
+        .unwrap();
+    drop(span);
+
+    let relay = start_relay(&env);
+    let probe = start_consumer(&env, TraceProbe, Topic::Workloads);
+    let read = || async {
+        sqlx::query_scalar::<_, Option<String>>("SELECT trace_id FROM trace_probe WHERE event_id = $1")
+            .bind(event_id)
+            .fetch_optional(&env.pool)
+            .await
+            .unwrap()
+    };
+    let ok = wait_until(WAIT, POLL, || async { read().await.is_some() }).await;
+    let seen = read().await;
+    probe.stop().await;
+    relay.stop().await;
+    assert!(ok, "the event was consumed");
+    assert_eq!(seen.flatten(), Some(trace_id), "same trace id on both sides of Kafka");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn market_prices_are_stored_in_a_time_partitioned_table_on_plain_postgres() {
+    let env = TestEnv::new().await;
+    let (storage,): (String,) =
+        sqlx::query_as("SELECT storage FROM timeseries_tables WHERE table_name = 'market_prices'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    let timescale: bool = sqlx::query_scalar("SELECT hcp_timescale_enabled()").fetch_one(&env.pool).await.unwrap();
+    assert_eq!(storage, if timescale { "hypertable" } else { "partitioned" });
+    if timescale {
+        return;
+    }
+    let partitioned: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = 'market_prices'::regclass)",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!(partitioned);
+
+    // A live price goes through the spine into today's partition; a 2023 price into default.
+    let store = EventStore::new(env.pool.clone());
+    let topic = env.topic(Topic::Market);
+    let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+    for (at, value) in [(now, 42.5), (time::macros::datetime!(2023-08-10 20:00 UTC), 4987.25)] {
+        let e = Envelope::new(
+            "market-ercot.rt.LZ_WEST",
+            "test",
+            Event::MarketPriceObserved(MarketPriceObserved {
+                series: "ercot.rt.LZ_WEST".into(),
+                interval_start: at,
+                value,
+                unit: "usd_per_mwh".into(),
+            }),
+        );
+        store
+            .append_and_commit("market-ercot.rt.LZ_WEST", ExpectedVersion::Any, &[e], &Publish::to(&topic))
+            .await
+            .unwrap();
+    }
+    let relay = start_relay(&env);
+    let prices = start_consumer(&env, MarketPrices::new(), Topic::Market);
+    assert!(
+        wait_until(WAIT, POLL, || async {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM market_prices").fetch_one(&env.pool).await.unwrap();
+            n == 2
+        })
+        .await
+    );
+    prices.stop().await;
+    relay.stop().await;
+    let placed: Vec<(String, f64)> = sqlx::query_as(
+        "SELECT tableoid::regclass::text, value FROM market_prices ORDER BY interval_start",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(placed[0].0, "market_prices_default");
+    assert!(placed[1].0.starts_with("market_prices_p"), "{placed:?}");
+
+    // Partitions ahead are created idempotently and old ones dropped by retention.
+    let created: i32 = sqlx::query_scalar("SELECT hcp_ensure_partitions('market_prices', now(), now() + interval '10 days')")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(created >= 1, "days 8-10 were not there yet");
+    let again: i32 = sqlx::query_scalar("SELECT hcp_ensure_partitions('market_prices', now(), now() + interval '10 days')")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(again, 0);
+    let dropped: i32 = sqlx::query_scalar("SELECT hcp_drop_partitions_before('market_prices', date_trunc('day', now()))")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(dropped >= 1, "yesterday's partition is older than the cut-off");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM market_prices").fetch_one(&env.pool).await.unwrap();
+    assert_eq!(left, 2, "retention dropped no partition holding current rows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_are_idempotent() {
+    let env = TestEnv::new().await;
+    hcp_db::migrate(&env.pool).await.unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(applied as usize, hcp_db::MIGRATOR.iter().count());
+}
