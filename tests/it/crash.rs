@@ -1,5 +1,6 @@
 //! Crash safety against the real broker and PostgreSQL: SIGKILL the consumer mid-batch or the
 //! relay mid-publish, restart, and check that nothing is lost and nothing applied twice.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
@@ -7,7 +8,9 @@ use hcp_bus::transactional::KafkaOutboxSink;
 use hcp_bus::Producer;
 use hcp_cli::projections::WorkloadBoard;
 use hcp_db::sqlx;
-use hcp_db::{EventStore, ExpectedVersion, OutboxMessage, OutboxRelay, OutboxSink, Publish, RelaySettings};
+use hcp_db::{
+    EventStore, ExpectedVersion, OutboxMessage, OutboxRelay, OutboxSink, Publish, RelaySettings,
+};
 use hcp_events::Topic;
 use hcp_tests::fixtures::{lifecycle, start_consumer, start_relay};
 use hcp_tests::{count_messages, kill_hard, wait_until, TestEnv};
@@ -22,9 +25,15 @@ async fn append_workloads(env: &TestEnv) {
     let mut tx = env.pool.begin().await.unwrap();
     for _ in 0..WORKLOADS {
         let id = Uuid::now_v7();
-        EventStore::append(&mut tx, &format!("workload-{id}"), ExpectedVersion::NoStream, &lifecycle(id), &Publish::to(&topic))
-            .await
-            .unwrap();
+        EventStore::append(
+            &mut tx,
+            &format!("workload-{id}"),
+            ExpectedVersion::NoStream,
+            &lifecycle(id),
+            &Publish::to(&topic),
+        )
+        .await
+        .unwrap();
     }
     tx.commit().await.unwrap();
 }
@@ -38,7 +47,10 @@ async fn events_seen(env: &TestEnv) -> i64 {
 }
 
 async fn outbox_len(env: &TestEnv) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&env.pool).await.unwrap()
+    sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
 }
 
 /// Everything applied exactly once: every workload completed, four events each, and the
@@ -52,7 +64,10 @@ async fn assert_exactly_once(env: &TestEnv) {
     .await
     .unwrap();
     assert_eq!(rows, WORKLOADS as i64, "no workload lost");
-    assert_eq!(completed, WORKLOADS as i64, "every workload reached its last event");
+    assert_eq!(
+        completed, WORKLOADS as i64,
+        "every workload reached its last event"
+    );
     assert_eq!(seen, Some(EVENTS), "no event applied twice or skipped");
     let bad: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM consumer_stream_positions WHERE consumer = 'workload-board' AND last_sequence <> 4",
@@ -62,37 +77,61 @@ async fn assert_exactly_once(env: &TestEnv) {
     .unwrap();
     assert_eq!(bad, 0);
     let dead = count_messages(&env.kafka, &env.topic(Topic::DeadLetters)).await;
-    assert_eq!(dead, 0, "a re-applied event would have been refused and dead-lettered");
+    assert_eq!(
+        dead, 0,
+        "a re-applied event would have been refused and dead-lettered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_consumer_mid_batch_and_restarting_it_loses_nothing_and_applies_nothing_twice() {
+async fn killing_the_consumer_mid_batch_and_restarting_it_loses_nothing_and_applies_nothing_twice()
+{
     let env = TestEnv::new().await;
     append_workloads(&env).await;
     let relay = start_relay(&env);
-    assert!(wait_until(Duration::from_secs(60), Duration::from_millis(50), || async { outbox_len(&env).await == 0 }).await);
+    assert!(
+        wait_until(
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            || async { outbox_len(&env).await == 0 }
+        )
+        .await
+    );
     relay.stop().await;
 
     let mut node = env.spawn_node(NODE, "consumers");
-    let started = wait_until(Duration::from_secs(60), Duration::from_millis(2), || async {
-        let n = events_seen(&env).await;
-        n > 0 && n < EVENTS
-    })
+    let started = wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(2),
+        || async {
+            let n = events_seen(&env).await;
+            n > 0 && n < EVENTS
+        },
+    )
     .await;
     kill_hard(&mut node);
     let at_kill = events_seen(&env).await;
-    assert!(started, "the consumer was killed while it still had work ({at_kill} of {EVENTS})");
+    assert!(
+        started,
+        "the consumer was killed while it still had work ({at_kill} of {EVENTS})"
+    );
     assert!(at_kill < EVENTS, "killed mid-stream");
 
     let mut node = env.spawn_node(NODE, "consumers");
-    let done = wait_until(Duration::from_secs(90), Duration::from_millis(100), || async {
-        events_seen(&env).await >= EVENTS
-    })
+    let done = wait_until(
+        Duration::from_secs(90),
+        Duration::from_millis(100),
+        || async { events_seen(&env).await >= EVENTS },
+    )
     .await;
     // Let it run a moment past completion so a double apply would show.
     tokio::time::sleep(Duration::from_millis(500)).await;
     kill_hard(&mut node);
-    assert!(done, "restarted consumer finished: {} of {EVENTS}", events_seen(&env).await);
+    assert!(
+        done,
+        "restarted consumer finished: {} of {EVENTS}",
+        events_seen(&env).await
+    );
     assert_exactly_once(&env).await;
 }
 
@@ -101,23 +140,45 @@ async fn killing_the_outbox_relay_mid_publish_and_restarting_it_loses_nothing() 
     let env = TestEnv::new().await;
     append_workloads(&env).await;
     let mut node = env.spawn_node(NODE, "relay");
-    let mid = wait_until(Duration::from_secs(60), Duration::from_millis(1), || async {
-        let n = outbox_len(&env).await;
-        n > 0 && n < EVENTS
-    })
+    let mid = wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(1),
+        || async {
+            let n = outbox_len(&env).await;
+            n > 0 && n < EVENTS
+        },
+    )
     .await;
     kill_hard(&mut node);
     let left = outbox_len(&env).await;
-    assert!(mid && left > 0, "killed mid-publish ({left} of {EVENTS} still in the outbox)");
+    assert!(
+        mid && left > 0,
+        "killed mid-publish ({left} of {EVENTS} still in the outbox)"
+    );
 
     let mut node = env.spawn_node(NODE, "relay");
-    let drained = wait_until(Duration::from_secs(60), Duration::from_millis(50), || async { outbox_len(&env).await == 0 }).await;
+    let drained = wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        || async { outbox_len(&env).await == 0 },
+    )
+    .await;
     kill_hard(&mut node);
     assert!(drained);
-    assert!(count_messages(&env.kafka, &env.topic(Topic::Workloads)).await >= EVENTS, "nothing lost on the wire");
+    assert!(
+        count_messages(&env.kafka, &env.topic(Topic::Workloads)).await >= EVENTS,
+        "nothing lost on the wire"
+    );
 
     let board = start_consumer(&env, WorkloadBoard::new(), Topic::Workloads);
-    assert!(wait_until(Duration::from_secs(60), Duration::from_millis(50), || async { events_seen(&env).await >= EVENTS }).await);
+    assert!(
+        wait_until(
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            || async { events_seen(&env).await >= EVENTS }
+        )
+        .await
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     board.stop().await;
     assert_exactly_once(&env).await;
@@ -148,15 +209,32 @@ async fn duplicates_on_the_wire_from_a_republished_batch_are_absorbed_by_the_con
         inner: KafkaOutboxSink(Producer::new(&env.kafka, "test-crashy").unwrap()),
         crashed: Default::default(),
     };
-    let relay = OutboxRelay::new(env.pool.clone(), sink, RelaySettings { batch_size: 500, ..Default::default() });
-    assert!(relay.relay_once().await.is_err(), "first pass 'crashes' after publishing");
+    let relay = OutboxRelay::new(
+        env.pool.clone(),
+        sink,
+        RelaySettings {
+            batch_size: 500,
+            ..Default::default()
+        },
+    );
+    assert!(
+        relay.relay_once().await.is_err(),
+        "first pass 'crashes' after publishing"
+    );
     while relay.relay_once().await.unwrap() > 0 {}
     assert_eq!(outbox_len(&env).await, 0);
     let on_wire = count_messages(&env.kafka, &env.topic(Topic::Workloads)).await;
     assert_eq!(on_wire, EVENTS + 500, "the first batch went out twice");
 
     let board = start_consumer(&env, WorkloadBoard::new(), Topic::Workloads);
-    assert!(wait_until(Duration::from_secs(60), Duration::from_millis(50), || async { events_seen(&env).await >= EVENTS }).await);
+    assert!(
+        wait_until(
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            || async { events_seen(&env).await >= EVENTS }
+        )
+        .await
+    );
     // Wait until the consumer has read past every duplicate too.
     let consumed_all = wait_until(Duration::from_secs(30), Duration::from_millis(50), || async {
         let next: Option<i64> = sqlx::query_scalar(
@@ -169,7 +247,9 @@ async fn duplicates_on_the_wire_from_a_republished_batch_are_absorbed_by_the_con
     })
     .await;
     board.stop().await;
-    assert!(consumed_all, "consumer read every message, duplicates included");
+    assert!(
+        consumed_all,
+        "consumer read every message, duplicates included"
+    );
     assert_exactly_once(&env).await;
 }
-

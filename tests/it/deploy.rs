@@ -21,15 +21,38 @@ fn the_compose_file_is_valid_and_runs_the_whole_stack_on_loopback() {
         String::from_utf8_lossy(&out.stderr)
     );
     let config = String::from_utf8_lossy(&out.stdout);
-    for service in ["kafka:", "timescaledb:", "jaeger:", "prometheus:", "grafana:", "hcp-migrate:", "hcp-spine:"] {
-        assert!(config.contains(&format!("\n  {service}")), "missing service {service}");
+    for service in [
+        "kafka:",
+        "timescaledb:",
+        "jaeger:",
+        "prometheus:",
+        "grafana:",
+        "hcp-migrate:",
+        "hcp-spine:",
+    ] {
+        assert!(
+            config.contains(&format!("\n  {service}")),
+            "missing service {service}"
+        );
     }
-    assert!(config.contains("KAFKA_PROCESS_ROLES"), "Kafka runs in KRaft mode");
+    assert!(
+        config.contains("KAFKA_PROCESS_ROLES"),
+        "Kafka runs in KRaft mode"
+    );
     assert!(config.contains("timescale/timescaledb"));
-    for line in config.lines().filter(|l| l.trim_start().starts_with("published:") || l.contains("host_ip")) {
+    for line in config
+        .lines()
+        .filter(|l| l.trim_start().starts_with("published:") || l.contains("host_ip"))
+    {
         if line.contains("host_ip") {
-            assert!(line.contains("127.0.0.1"), "port not bound to loopback: {line}");
+            assert!(
+                line.contains("127.0.0.1"),
+                "port not bound to loopback: {line}"
+            );
         }
     }
-    assert!(!config.contains("0.0.0.0:"), "no port may listen on every interface");
+    assert!(
+        !config.contains("0.0.0.0:"),
+        "no port may listen on every interface"
+    );
 }

@@ -1,5 +1,6 @@
 //! The spine against the real broker and the real PostgreSQL: ordering, conflicts, dead
 //! letters, replay, point-in-time reads, trace propagation, time-series storage.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
@@ -13,6 +14,9 @@ use hcp_tests::fixtures::{lifecycle, start_consumer, start_relay};
 use hcp_tests::{key_of, read_topic, wait_until, TestEnv};
 use rdkafka::message::{Headers, Message};
 use uuid::Uuid;
+
+/// A workload_board row, for snapshots.
+type BoardRow = (Uuid, String, String, i32, i32, i64, Option<String>);
 
 const WAIT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(50);
@@ -41,12 +45,24 @@ async fn events_appended_in_one_transaction_are_published_in_order_and_projected
     let mut tx = env.pool.begin().await.unwrap();
     let sa = format!("workload-{a}");
     let sb = format!("workload-{b}");
-    let out_a = EventStore::append(&mut tx, &sa, ExpectedVersion::NoStream, &lifecycle(a), &Publish::to(&topic))
-        .await
-        .unwrap();
-    let out_b = EventStore::append(&mut tx, &sb, ExpectedVersion::NoStream, &lifecycle(b)[..2], &Publish::to(&topic))
-        .await
-        .unwrap();
+    let out_a = EventStore::append(
+        &mut tx,
+        &sa,
+        ExpectedVersion::NoStream,
+        &lifecycle(a),
+        &Publish::to(&topic),
+    )
+    .await
+    .unwrap();
+    let out_b = EventStore::append(
+        &mut tx,
+        &sb,
+        ExpectedVersion::NoStream,
+        &lifecycle(b)[..2],
+        &Publish::to(&topic),
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(out_a.new_version, 4);
     assert_eq!(out_b.new_version, 2);
@@ -63,9 +79,16 @@ async fn events_appended_in_one_transaction_are_published_in_order_and_projected
         .filter(|m| key_of(m) == sa)
         .map(|m| Envelope::from_json(m.payload().unwrap()).unwrap().sequence)
         .collect();
-    assert_eq!(seqs_a, vec![1, 2, 3, 4], "one stream's events keep their order");
+    assert_eq!(
+        seqs_a,
+        vec![1, 2, 3, 4],
+        "one stream's events keep their order"
+    );
     let first = &wire.iter().find(|m| key_of(m) == sa).unwrap();
-    assert_eq!(header(first, headers::EVENT_TYPE), Some("workload.submitted"));
+    assert_eq!(
+        header(first, headers::EVENT_TYPE),
+        Some("workload.submitted")
+    );
     assert_eq!(header(first, headers::SCHEMA_VERSION), Some("1"));
 
     assert!(
@@ -95,20 +118,38 @@ async fn a_concurrent_append_at_the_same_sequence_fails_with_a_conflict() {
     let store = EventStore::new(env.pool.clone());
     let events = lifecycle(id);
     store
-        .append_and_commit(&stream, ExpectedVersion::NoStream, &events[..1], &Publish::default())
+        .append_and_commit(
+            &stream,
+            ExpectedVersion::NoStream,
+            &events[..1],
+            &Publish::default(),
+        )
         .await
         .unwrap();
 
     // Two writers both read version 1 and race to write sequence 2.
     let mut tx1 = env.pool.begin().await.unwrap();
-    EventStore::append(&mut tx1, &stream, ExpectedVersion::Exact(1), &events[1..2], &Publish::default())
-        .await
-        .unwrap();
+    EventStore::append(
+        &mut tx1,
+        &stream,
+        ExpectedVersion::Exact(1),
+        &events[1..2],
+        &Publish::default(),
+    )
+    .await
+    .unwrap();
     let pool = env.pool.clone();
     let (s2, e2) = (stream.clone(), events[1..2].to_vec());
     let second = tokio::spawn(async move {
         let mut tx2 = pool.begin().await.unwrap();
-        let r = EventStore::append(&mut tx2, &s2, ExpectedVersion::Exact(1), &e2, &Publish::default()).await;
+        let r = EventStore::append(
+            &mut tx2,
+            &s2,
+            ExpectedVersion::Exact(1),
+            &e2,
+            &Publish::default(),
+        )
+        .await;
         if r.is_ok() {
             tx2.commit().await.unwrap();
         }
@@ -116,7 +157,10 @@ async fn a_concurrent_append_at_the_same_sequence_fails_with_a_conflict() {
     });
     // The second writer is now blocked on the stream row; let the first commit.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!second.is_finished(), "the second writer must wait for the first");
+    assert!(
+        !second.is_finished(),
+        "the second writer must wait for the first"
+    );
     tx1.commit().await.unwrap();
     let err = second.await.unwrap().unwrap_err();
     assert!(
@@ -127,15 +171,31 @@ async fn a_concurrent_append_at_the_same_sequence_fails_with_a_conflict() {
 
     // Creating an existing stream conflicts too, and so does a stale expectation.
     let err = store
-        .append_and_commit(&stream, ExpectedVersion::NoStream, &events[2..3], &Publish::default())
+        .append_and_commit(
+            &stream,
+            ExpectedVersion::NoStream,
+            &events[2..3],
+            &Publish::default(),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::ConcurrencyConflict { .. }), "{err:?}");
+    assert!(
+        matches!(err, StoreError::ConcurrencyConflict { .. }),
+        "{err:?}"
+    );
     let err = store
-        .append_and_commit(&stream, ExpectedVersion::Exact(7), &events[2..3], &Publish::default())
+        .append_and_commit(
+            &stream,
+            ExpectedVersion::Exact(7),
+            &events[2..3],
+            &Publish::default(),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::ConcurrencyConflict { actual: 2, .. }), "{err:?}");
+    assert!(
+        matches!(err, StoreError::ConcurrencyConflict { actual: 2, .. }),
+        "{err:?}"
+    );
     assert_eq!(store.read_stream(&stream).await.unwrap().len(), 2);
 }
 
@@ -144,17 +204,25 @@ async fn the_event_log_refuses_updates_and_deletes() {
     let env = TestEnv::new().await;
     let id = Uuid::now_v7();
     EventStore::new(env.pool.clone())
-        .append_and_commit(&format!("workload-{id}"), ExpectedVersion::Any, &lifecycle(id)[..1], &Publish::default())
+        .append_and_commit(
+            &format!("workload-{id}"),
+            ExpectedVersion::Any,
+            &lifecycle(id)[..1],
+            &Publish::default(),
+        )
         .await
         .unwrap();
-    let upd = sqlx::query("UPDATE events SET producer = 'x'").execute(&env.pool).await;
+    let upd = sqlx::query("UPDATE events SET producer = 'x'")
+        .execute(&env.pool)
+        .await;
     let del = sqlx::query("DELETE FROM events").execute(&env.pool).await;
     assert!(upd.unwrap_err().to_string().contains("append-only"));
     assert!(del.unwrap_err().to_string().contains("append-only"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_and_poison_messages_land_in_dead_letters_with_a_reason_and_the_consumer_goes_on() {
+async fn malformed_and_poison_messages_land_in_dead_letters_with_a_reason_and_the_consumer_goes_on()
+{
     let env = TestEnv::new().await;
     let topic = env.topic(Topic::Workloads);
     let producer = hcp_bus::Producer::new(&env.kafka, "test-raw").unwrap();
@@ -165,7 +233,10 @@ async fn malformed_and_poison_messages_land_in_dead_letters_with_a_reason_and_th
     let mut poison = Envelope::new(
         format!("workload-{}", Uuid::now_v7()),
         "test",
-        Event::WorkloadCompleted(WorkloadCompleted { workload_id: Uuid::now_v7(), runtime_s: 1.0 }),
+        Event::WorkloadCompleted(WorkloadCompleted {
+            workload_id: Uuid::now_v7(),
+            runtime_s: 1.0,
+        }),
     );
     poison.sequence = 1;
     let mut good = lifecycle(id);
@@ -173,35 +244,76 @@ async fn malformed_and_poison_messages_land_in_dead_letters_with_a_reason_and_th
         e.sequence = i as i64 + 1;
     }
     let mut msgs = vec![
-        OutgoingMessage { topic: topic.clone(), key: stream.clone(), payload: garbage.clone(), headers: vec![] },
-        OutgoingMessage { topic: topic.clone(), key: poison.stream_id.clone(), payload: poison.to_json().unwrap(), headers: vec![] },
+        OutgoingMessage {
+            topic: topic.clone(),
+            key: stream.clone(),
+            payload: garbage.clone(),
+            headers: vec![],
+        },
+        OutgoingMessage {
+            topic: topic.clone(),
+            key: poison.stream_id.clone(),
+            payload: poison.to_json().unwrap(),
+            headers: vec![],
+        },
     ];
     for e in &good {
-        msgs.push(OutgoingMessage { topic: topic.clone(), key: stream.clone(), payload: e.to_json().unwrap(), headers: vec![] });
+        msgs.push(OutgoingMessage {
+            topic: topic.clone(),
+            key: stream.clone(),
+            payload: e.to_json().unwrap(),
+            headers: vec![],
+        });
     }
     producer.send_batch(&msgs).await.unwrap();
 
     let board = start_consumer(&env, WorkloadBoard::new(), Topic::Workloads);
     assert!(
-        wait_until(WAIT, POLL, || async { board_state(&env, id).await == Some(("completed".into(), 4)) }).await,
+        wait_until(WAIT, POLL, || async {
+            board_state(&env, id).await == Some(("completed".into(), 4))
+        })
+        .await,
         "the consumer went past the bad messages"
     );
     let dead = read_topic(&env.kafka, &env.topic(Topic::DeadLetters), 2, WAIT).await;
     board.stop().await;
-    assert_eq!(dead.len(), 2, "both bad messages were dead-lettered, nothing else");
-    let malformed = dead.iter().find(|m| header(m, headers::DLQ_KIND) == Some("malformed")).expect("malformed");
-    assert_eq!(malformed.payload().unwrap(), garbage.as_slice(), "original bytes kept");
-    assert!(header(malformed, headers::DLQ_REASON).unwrap().contains("malformed envelope"));
-    assert_eq!(header(malformed, headers::DLQ_SOURCE_TOPIC), Some(topic.as_str()));
-    let poisoned = dead.iter().find(|m| header(m, headers::DLQ_KIND) == Some("poison")).expect("poison");
+    assert_eq!(
+        dead.len(),
+        2,
+        "both bad messages were dead-lettered, nothing else"
+    );
+    let malformed = dead
+        .iter()
+        .find(|m| header(m, headers::DLQ_KIND) == Some("malformed"))
+        .expect("malformed");
+    assert_eq!(
+        malformed.payload().unwrap(),
+        garbage.as_slice(),
+        "original bytes kept"
+    );
+    assert!(header(malformed, headers::DLQ_REASON)
+        .unwrap()
+        .contains("malformed envelope"));
+    assert_eq!(
+        header(malformed, headers::DLQ_SOURCE_TOPIC),
+        Some(topic.as_str())
+    );
+    let poisoned = dead
+        .iter()
+        .find(|m| header(m, headers::DLQ_KIND) == Some("poison"))
+        .expect("poison");
     let reason = header(poisoned, headers::DLQ_REASON).unwrap();
     assert!(reason.contains("unknown workload"), "{reason}");
-    let on_board: i64 = sqlx::query_scalar("SELECT count(*) FROM workload_board").fetch_one(&env.pool).await.unwrap();
+    let on_board: i64 = sqlx::query_scalar("SELECT count(*) FROM workload_board")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
     assert_eq!(on_board, 1, "the poison event left no partial writes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_projection_rebuilt_by_replay_is_identical_to_the_live_one_and_streams_read_as_of_a_past_time() {
+async fn a_projection_rebuilt_by_replay_is_identical_to_the_live_one_and_streams_read_as_of_a_past_time(
+) {
     let env = TestEnv::new().await;
     let topic = env.topic(Topic::Workloads);
     let store = EventStore::new(env.pool.clone());
@@ -213,7 +325,12 @@ async fn a_projection_rebuilt_by_replay_is_identical_to_the_live_one_and_streams
         let take = 1 + n % 4;
         let stream = format!("workload-{id}");
         store
-            .append_and_commit(&stream, ExpectedVersion::NoStream, &events[..take.min(2)], &Publish::to(&topic))
+            .append_and_commit(
+                &stream,
+                ExpectedVersion::NoStream,
+                &events[..take.min(2)],
+                &Publish::to(&topic),
+            )
             .await
             .unwrap();
         if n == 3 {
@@ -223,20 +340,30 @@ async fn a_projection_rebuilt_by_replay_is_identical_to_the_live_one_and_streams
         }
         if take > 2 {
             store
-                .append_and_commit(&stream, ExpectedVersion::Exact(2), &events[2..take], &Publish::to(&topic))
+                .append_and_commit(
+                    &stream,
+                    ExpectedVersion::Exact(2),
+                    &events[2..take],
+                    &Publish::to(&topic),
+                )
                 .await
                 .unwrap();
         }
     }
     let relay = start_relay(&env);
     let board = start_consumer(&env, WorkloadBoard::new(), Topic::Workloads);
-    let expected_events: i64 = ids.iter().enumerate().map(|(n, _)| 1 + (n % 4) as i64).sum();
+    let expected_events: i64 = ids
+        .iter()
+        .enumerate()
+        .map(|(n, _)| 1 + (n % 4) as i64)
+        .sum();
     assert!(
         wait_until(WAIT, POLL, || async {
-            let seen: Option<i64> = sqlx::query_scalar("SELECT sum(events_seen)::bigint FROM workload_board")
-                .fetch_one(&env.pool)
-                .await
-                .unwrap();
+            let seen: Option<i64> =
+                sqlx::query_scalar("SELECT sum(events_seen)::bigint FROM workload_board")
+                    .fetch_one(&env.pool)
+                    .await
+                    .unwrap();
             seen == Some(expected_events)
         })
         .await
@@ -245,7 +372,7 @@ async fn a_projection_rebuilt_by_replay_is_identical_to_the_live_one_and_streams
     relay.stop().await;
 
     let snapshot = |pool: hcp_db::sqlx::PgPool| async move {
-        let rows: Vec<(Uuid, String, String, i32, i32, i64, Option<String>)> = sqlx::query_as(
+        let rows: Vec<BoardRow> = sqlx::query_as(
             "SELECT workload_id, tenant_id, state, gpu_count, events_seen, last_sequence, detail \
              FROM workload_board ORDER BY workload_id",
         )
@@ -256,10 +383,15 @@ async fn a_projection_rebuilt_by_replay_is_identical_to_the_live_one_and_streams
     };
     let live = snapshot(env.pool.clone()).await;
     assert_eq!(live.len(), ids.len());
-    let applied = hcp_db::rebuild(&env.pool, &WorkloadBoard::new()).await.unwrap();
+    let applied = hcp_db::rebuild(&env.pool, &WorkloadBoard::new())
+        .await
+        .unwrap();
     assert_eq!(applied as i64, expected_events);
     let rebuilt = snapshot(env.pool.clone()).await;
-    assert_eq!(rebuilt, live, "replay reproduces the live projection exactly");
+    assert_eq!(
+        rebuilt, live,
+        "replay reproduces the live projection exactly"
+    );
 
     // Point in time: at the midpoint the fourth workload had its first two events, not four,
     // and the fifth did not exist yet.
@@ -269,7 +401,11 @@ async fn a_projection_rebuilt_by_replay_is_identical_to_the_live_one_and_streams
     assert_eq!(seqs, vec![1, 2], "as of the midpoint");
     assert_eq!(store.read_stream(&fourth).await.unwrap().len(), 4);
     let fifth = format!("workload-{}", ids[4]);
-    assert!(store.read_stream_as_of(&fifth, midpoint).await.unwrap().is_empty());
+    assert!(store
+        .read_stream_as_of(&fifth, midpoint)
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(store.read_stream(&fifth).await.unwrap().len(), 1);
 }
 
@@ -293,7 +429,10 @@ impl Projection for TraceProbe {
     }
 
     async fn reset(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM trace_probe").execute(tx).await.map(|_| ())
+        sqlx::query("DELETE FROM trace_probe")
+            .execute(tx)
+            .await
+            .map(|_| ())
     }
 }
 
@@ -320,7 +459,12 @@ async fn a_trace_started_before_publishing_continues_in_the_consumer() {
     };
     let (events, publish, event_id) = event_id;
     store
-        .append_and_commit(&format!("workload-{id}"), ExpectedVersion::NoStream, &events[..1], &publish)
+        .append_and_commit(
+            &format!("workload-{id}"),
+            ExpectedVersion::NoStream,
+            &events[..1],
+            &publish,
+        )
         .await
         .unwrap();
     drop(span);
@@ -328,18 +472,24 @@ async fn a_trace_started_before_publishing_continues_in_the_consumer() {
     let relay = start_relay(&env);
     let probe = start_consumer(&env, TraceProbe, Topic::Workloads);
     let read = || async {
-        sqlx::query_scalar::<_, Option<String>>("SELECT trace_id FROM trace_probe WHERE event_id = $1")
-            .bind(event_id)
-            .fetch_optional(&env.pool)
-            .await
-            .unwrap()
+        sqlx::query_scalar::<_, Option<String>>(
+            "SELECT trace_id FROM trace_probe WHERE event_id = $1",
+        )
+        .bind(event_id)
+        .fetch_optional(&env.pool)
+        .await
+        .unwrap()
     };
     let ok = wait_until(WAIT, POLL, || async { read().await.is_some() }).await;
     let seen = read().await;
     probe.stop().await;
     relay.stop().await;
     assert!(ok, "the event was consumed");
-    assert_eq!(seen.flatten(), Some(trace_id), "same trace id on both sides of Kafka");
+    assert_eq!(
+        seen.flatten(),
+        Some(trace_id),
+        "same trace id on both sides of Kafka"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,8 +500,18 @@ async fn market_prices_are_stored_in_a_time_partitioned_table_on_plain_postgres(
             .fetch_one(&env.pool)
             .await
             .unwrap();
-    let timescale: bool = sqlx::query_scalar("SELECT hcp_timescale_enabled()").fetch_one(&env.pool).await.unwrap();
-    assert_eq!(storage, if timescale { "hypertable" } else { "partitioned" });
+    let timescale: bool = sqlx::query_scalar("SELECT hcp_timescale_enabled()")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        storage,
+        if timescale {
+            "hypertable"
+        } else {
+            "partitioned"
+        }
+    );
     if timescale {
         return;
     }
@@ -366,8 +526,13 @@ async fn market_prices_are_stored_in_a_time_partitioned_table_on_plain_postgres(
     // A live price goes through the spine into today's partition; a 2023 price into default.
     let store = EventStore::new(env.pool.clone());
     let topic = env.topic(Topic::Market);
-    let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
-    for (at, value) in [(now, 42.5), (time::macros::datetime!(2023-08-10 20:00 UTC), 4987.25)] {
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap();
+    for (at, value) in [
+        (now, 42.5),
+        (time::macros::datetime!(2023-08-10 20:00 UTC), 4987.25),
+    ] {
         let e = Envelope::new(
             "market-ercot.rt.LZ_WEST",
             "test",
@@ -379,7 +544,12 @@ async fn market_prices_are_stored_in_a_time_partitioned_table_on_plain_postgres(
             }),
         );
         store
-            .append_and_commit("market-ercot.rt.LZ_WEST", ExpectedVersion::Any, &[e], &Publish::to(&topic))
+            .append_and_commit(
+                "market-ercot.rt.LZ_WEST",
+                ExpectedVersion::Any,
+                &[e],
+                &Publish::to(&topic),
+            )
             .await
             .unwrap();
     }
@@ -387,7 +557,10 @@ async fn market_prices_are_stored_in_a_time_partitioned_table_on_plain_postgres(
     let prices = start_consumer(&env, MarketPrices::new(), Topic::Market);
     assert!(
         wait_until(WAIT, POLL, || async {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM market_prices").fetch_one(&env.pool).await.unwrap();
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM market_prices")
+                .fetch_one(&env.pool)
+                .await
+                .unwrap();
             n == 2
         })
         .await
@@ -403,24 +576,43 @@ async fn market_prices_are_stored_in_a_time_partitioned_table_on_plain_postgres(
     assert_eq!(placed[0].0, "market_prices_default");
     assert!(placed[1].0.starts_with("market_prices_p"), "{placed:?}");
 
-    // Partitions ahead are created idempotently and old ones dropped by retention.
-    let created: i32 = sqlx::query_scalar("SELECT hcp_ensure_partitions('market_prices', now(), now() + interval '10 days')")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
+    // The spine's maintenance keeps a week ahead; it is idempotent.
+    hcp_cli::app::ensure_partitions(&env.pool).await.unwrap();
+    assert_eq!(hcp_cli::app::ensure_partitions(&env.pool).await.unwrap(), 0);
+
+    // Partitions further ahead are created idempotently and old ones dropped by retention.
+    let created: i32 = sqlx::query_scalar(
+        "SELECT hcp_ensure_partitions('market_prices', now(), now() + interval '10 days')",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
     assert!(created >= 1, "days 8-10 were not there yet");
-    let again: i32 = sqlx::query_scalar("SELECT hcp_ensure_partitions('market_prices', now(), now() + interval '10 days')")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
+    let again: i32 = sqlx::query_scalar(
+        "SELECT hcp_ensure_partitions('market_prices', now(), now() + interval '10 days')",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
     assert_eq!(again, 0);
-    let dropped: i32 = sqlx::query_scalar("SELECT hcp_drop_partitions_before('market_prices', date_trunc('day', now()))")
+    let dropped: i32 = sqlx::query_scalar(
+        "SELECT hcp_drop_partitions_before('market_prices', date_trunc('day', now()))",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!(
+        dropped >= 1,
+        "yesterday's partition is older than the cut-off"
+    );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM market_prices")
         .fetch_one(&env.pool)
         .await
         .unwrap();
-    assert!(dropped >= 1, "yesterday's partition is older than the cut-off");
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM market_prices").fetch_one(&env.pool).await.unwrap();
-    assert_eq!(left, 2, "retention dropped no partition holding current rows");
+    assert_eq!(
+        left, 2,
+        "retention dropped no partition holding current rows"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,5 @@
 //! Builders for test events and in-process spine parts.
+#![allow(clippy::expect_used)]
 
 use hcp_bus::transactional::{ConsumerSettings, KafkaOutboxSink, TransactionalConsumer};
 use hcp_bus::Producer;
@@ -71,7 +72,11 @@ pub fn start_relay(env: &TestEnv) -> Running {
 }
 
 /// Starts a transactional consumer of `topic` for `projection` in-process.
-pub fn start_consumer<P: Projection + 'static>(env: &TestEnv, projection: P, topic: Topic) -> Running {
+pub fn start_consumer<P: Projection + 'static>(
+    env: &TestEnv,
+    projection: P,
+    topic: Topic,
+) -> Running {
     let producer = Producer::new(&env.kafka, "test-dlq").expect("producer");
     let settings = ConsumerSettings::new(
         format!("{}.{}", env.kafka.namespace, projection.name()),

@@ -5,6 +5,9 @@
 //! The stack comes from `make test` (`scripts/stack.sh up --profile test`); the addresses are
 //! read from `HCP_TEST_DATABASE_URL` (an admin URL) and `HCP_TEST_KAFKA_BROKERS`.
 
+// A test harness: failing loudly with a message is the point.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 pub mod fixtures;
 
 use std::future::Future;
@@ -47,9 +50,9 @@ impl TestEnv {
         let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let db = format!("hcp_test_{suffix}");
         let admin = admin_database_url();
-        let mut conn = PgConnection::connect(&admin)
-            .await
-            .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL at {admin} ({e}); run `make stack-up-test`"));
+        let mut conn = PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+            panic!("cannot reach the test PostgreSQL at {admin} ({e}); run `make stack-up-test`")
+        });
         sqlx::query(&format!("CREATE DATABASE {db}"))
             .execute(&mut conn)
             .await
@@ -66,7 +69,12 @@ impl TestEnv {
         kafka.namespace = format!("t{suffix}");
         hcp_bus::admin::ensure_all_topics(&kafka)
             .await
-            .unwrap_or_else(|e| panic!("cannot create topics on {} ({e}); run `make stack-up-test`", kafka.brokers));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot create topics on {} ({e}); run `make stack-up-test`",
+                    kafka.brokers
+                )
+            });
         Self {
             database_url,
             pool,
@@ -96,7 +104,11 @@ impl TestEnv {
             .env("HCP_ADMIN__PORT", "0")
             .env("HCP_TELEMETRY__LOG_FILTER", "info")
             .stdout(Stdio::null())
-            .stderr(file.try_clone().map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
+            .stderr(
+                file.try_clone()
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
             .spawn()
             .expect("spawn hcp-node")
     }

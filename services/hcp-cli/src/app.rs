@@ -179,9 +179,16 @@ impl Application {
                         Ok(())
                     });
                 }
-                Err(e) => tracing::warn!(csv = %spine.market_csv, error = %e, "market replay disabled"),
+                Err(e) => {
+                    tracing::warn!(csv = %spine.market_csv, error = %e, "market replay disabled")
+                }
             }
         }
+        let (pool, tok) = (self.pool.clone(), token.clone());
+        tasks.spawn(async move {
+            maintain_partitions(pool, Duration::from_secs(3600), tok).await;
+            Ok(())
+        });
         let every = Duration::from_secs(self.settings.spine.report_every_s.max(1));
         let (pool, tok) = (self.pool.clone(), token.clone());
         tasks.spawn(async move {
@@ -294,6 +301,36 @@ async fn report_status(pool: PgPool, every: Duration, token: tokio_util::sync::C
                 "spine status"
             ),
             Err(e) => tracing::warn!(error = %e, "status query failed"),
+        }
+    }
+}
+
+/// Keeps a week of partitions ahead of now for every partitioned time-series table (a no-op on
+/// hypertables), so live rows never pile up in the default partition.
+pub async fn ensure_partitions(pool: &PgPool) -> Result<i64, hcp_db::sqlx::Error> {
+    hcp_db::sqlx::query_scalar(
+        "SELECT coalesce(sum(hcp_ensure_partitions(table_name, now() - chunk, now() + 7 * chunk)), 0)::bigint \
+         FROM timeseries_tables",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+async fn maintain_partitions(
+    pool: PgPool,
+    every: Duration,
+    token: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match ensure_partitions(&pool).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(created = n, "time-series partitions created"),
+            Err(e) => tracing::warn!(error = %e, "partition maintenance failed"),
         }
     }
 }

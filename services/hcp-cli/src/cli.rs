@@ -15,7 +15,11 @@ use crate::settings::Settings;
 
 /// HCP operator tool.
 #[derive(Debug, Parser)]
-#[command(name = "hcp", version, about = "HCP control plane: the event spine and its tools")]
+#[command(
+    name = "hcp",
+    version,
+    about = "HCP control plane: the event spine and its tools"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,6 +68,21 @@ enum Command {
     },
     /// Print the spine's figures (events, outbox lag, board, market rows).
     Status,
+    /// Benchmark the spine on the real stack (own database and topics) and print a table.
+    Bench {
+        /// Events for the throughput rows.
+        #[arg(long, default_value_t = 20_000)]
+        events: usize,
+        /// Sequential single-event appends for the latency row.
+        #[arg(long, default_value_t = 2_000)]
+        appends: usize,
+        /// Offered load for the latency-under-load row, events/s.
+        #[arg(long, default_value_t = 1_000)]
+        rate: u32,
+        /// Seconds of load for the latency-under-load row.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Write the JSON Schemas of every external-facing message.
     Schemas {
         /// Output directory.
@@ -107,9 +126,8 @@ pub async fn main() -> anyhow::Result<()> {
                     generator: roles.contains(&Role::Generator),
                 }
             };
-            let shutdown = Shutdown::new(Duration::from_millis(
-                settings.shutdown.drain_deadline_ms,
-            ));
+            let shutdown =
+                Shutdown::new(Duration::from_millis(settings.shutdown.drain_deadline_ms));
             let _signals = shutdown.listen_for_signals();
             let app = Application::build(settings.clone(), roles).await?;
             tracing::info!(
@@ -137,7 +155,9 @@ pub async fn main() -> anyhow::Result<()> {
                     hcp_db::rebuild(&pool, &MarketPrices::new()).await?
                 }
             };
-            out(&format!("rebuilt {projection:?} from the log: {n} events applied"))?;
+            out(&format!(
+                "rebuilt {projection:?} from the log: {n} events applied"
+            ))?;
         }
         Command::Stream { stream_id, as_of } => {
             let pool = hcp_db::connect(&settings.database).await?;
@@ -162,6 +182,25 @@ pub async fn main() -> anyhow::Result<()> {
                 "events={} outbox_lag={} workloads={} finished={} market_rows={}",
                 s.events, s.outbox_lag, s.workloads, s.finished, s.market_rows
             ))?;
+        }
+        Command::Bench {
+            events,
+            appends,
+            rate,
+            seconds,
+        } => {
+            let opts = crate::bench::BenchOptions {
+                events,
+                appends,
+                rate,
+                seconds,
+            };
+            let rows = crate::bench::run(&settings, opts).await?;
+            out("| spine metric | value |")?;
+            out("|---|---|")?;
+            for (k, v) in rows {
+                out(&format!("| {k} | {v} |"))?;
+            }
         }
         Command::Schemas { .. } => {}
     }

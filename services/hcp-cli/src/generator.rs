@@ -90,9 +90,15 @@ pub async fn run_workloads(
             gpu_count: gpus,
             duration_s: duration,
         });
-        match append_one(&store, &topic, &stream, ExpectedVersion::NoStream, submitted)
-            .instrument(span)
-            .await
+        match append_one(
+            &store,
+            &topic,
+            &stream,
+            ExpectedVersion::NoStream,
+            submitted,
+        )
+        .instrument(span)
+        .await
         {
             Ok(version) => {
                 started += 1;
@@ -138,7 +144,11 @@ async fn advance_due(store: &EventStore, topic: &str, flying: &mut VecDeque<InFl
                 false,
                 50,
             ),
-            2 => (Event::WorkloadStarted(WorkloadStarted { workload_id: w.id }), false, 1000),
+            2 => (
+                Event::WorkloadStarted(WorkloadStarted { workload_id: w.id }),
+                false,
+                1000,
+            ),
             _ if roll < 5 => (
                 Event::WorkloadFailed(WorkloadFailed {
                     workload_id: w.id,
@@ -157,9 +167,15 @@ async fn advance_due(store: &EventStore, topic: &str, flying: &mut VecDeque<InFl
             ),
         };
         let span = tracing::info_span!("advance_workload", workload_id = %w.id, step = w.step);
-        match append_one(store, topic, &w.stream, ExpectedVersion::Exact(w.version), event)
-            .instrument(span)
-            .await
+        match append_one(
+            store,
+            topic,
+            &w.stream,
+            ExpectedVersion::Exact(w.version),
+            event,
+        )
+        .instrument(span)
+        .await
         {
             Ok(v) if !last => {
                 w.version = v;
@@ -175,10 +191,7 @@ async fn advance_due(store: &EventStore, topic: &str, flying: &mut VecDeque<InFl
 }
 
 /// One row of a market CSV: interval start and value.
-pub fn parse_market_csv(
-    text: &str,
-    column: &str,
-) -> Result<Vec<(OffsetDateTime, f64)>, String> {
+pub fn parse_market_csv(text: &str, column: &str) -> Result<Vec<(OffsetDateTime, f64)>, String> {
     let mut lines = text.lines();
     let header = lines.next().ok_or("empty CSV")?;
     let cols: Vec<&str> = header.split(',').collect();

@@ -8,6 +8,7 @@
 //! - [`cli`]: the command line.
 
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod generator;
 pub mod projections;

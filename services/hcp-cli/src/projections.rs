@@ -139,7 +139,11 @@ impl Projection for WorkloadBoard {
             )
             .bind(workload_id)
             .bind(&p.tenant_id)
-            .bind(serde_json::to_value(p.kind).ok().and_then(|v| v.as_str().map(str::to_owned)))
+            .bind(
+                serde_json::to_value(p.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned)),
+            )
             .bind(&p.model)
             .bind(i32::try_from(p.gpu_count).unwrap_or(i32::MAX))
             .bind(e.sequence)
@@ -154,11 +158,12 @@ impl Projection for WorkloadBoard {
             }
             return Ok(());
         }
-        let state: Option<String> =
-            sqlx::query_scalar("SELECT state FROM workload_board WHERE workload_id = $1 FOR UPDATE")
-                .bind(workload_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let state: Option<String> = sqlx::query_scalar(
+            "SELECT state FROM workload_board WHERE workload_id = $1 FOR UPDATE",
+        )
+        .bind(workload_id)
+        .fetch_optional(&mut *tx)
+        .await?;
         let Some(from) = state.as_deref().and_then(BoardState::parse) else {
             return Err(ApplyError::Poison(format!(
                 "{} for unknown workload {workload_id}",
@@ -220,7 +225,10 @@ impl Projection for MarketPrices {
             return Ok(());
         };
         if !p.value.is_finite() {
-            return Err(ApplyError::Poison(format!("non-finite value for {}", p.series)));
+            return Err(ApplyError::Poison(format!(
+                "non-finite value for {}",
+                p.series
+            )));
         }
         sqlx::query(
             "INSERT INTO market_prices (series, interval_start, value, unit) \
@@ -261,7 +269,10 @@ mod tests {
             worker_id: "w".into(),
             gpu_ids: vec![],
         });
-        assert_eq!(transition(BoardState::Queued, &e), Ok(BoardState::Scheduled));
+        assert_eq!(
+            transition(BoardState::Queued, &e),
+            Ok(BoardState::Scheduled)
+        );
     }
 
     #[test]
@@ -271,7 +282,10 @@ mod tests {
             runtime_s: 1.0,
         });
         let err = transition(BoardState::Queued, &e).unwrap_err();
-        assert!(err.contains("workload.completed is not allowed in state queued"), "{err}");
+        assert!(
+            err.contains("workload.completed is not allowed in state queued"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -280,9 +294,16 @@ mod tests {
             workload_id: id(),
             requested_by: "t".into(),
         });
-        for s in [BoardState::Completed, BoardState::Failed, BoardState::Cancelled] {
+        for s in [
+            BoardState::Completed,
+            BoardState::Failed,
+            BoardState::Cancelled,
+        ] {
             assert!(transition(s, &e).is_err());
         }
-        assert_eq!(transition(BoardState::Running, &e), Ok(BoardState::Cancelled));
+        assert_eq!(
+            transition(BoardState::Running, &e),
+            Ok(BoardState::Cancelled)
+        );
     }
 }

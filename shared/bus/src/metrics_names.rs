@@ -20,7 +20,11 @@ pub const PRODUCED: &str = "hcp_kafka_produced_total";
 /// Registers descriptions with the global recorder.
 pub fn describe() {
     use metrics::{describe_counter, describe_histogram, Unit};
-    describe_counter!(CONSUMER_APPLIED, Unit::Count, "Events applied by a consumer.");
+    describe_counter!(
+        CONSUMER_APPLIED,
+        Unit::Count,
+        "Events applied by a consumer."
+    );
     describe_counter!(
         CONSUMER_DUPLICATES,
         Unit::Count,
@@ -41,11 +45,19 @@ pub fn describe() {
         Unit::Seconds,
         "Time to apply one batch and commit it with its positions."
     );
-    describe_histogram!(CONSUMER_BATCH_SIZE, Unit::Count, "Events per consumer batch.");
+    describe_histogram!(
+        CONSUMER_BATCH_SIZE,
+        Unit::Count,
+        "Events per consumer batch."
+    );
     describe_histogram!(
         PUBLISH_TO_APPLY,
         Unit::Seconds,
         "From the broker timestamp of a message to the commit of its effects."
     );
-    describe_counter!(PRODUCED, Unit::Count, "Messages acknowledged by the broker.");
+    describe_counter!(
+        PRODUCED,
+        Unit::Count,
+        "Messages acknowledged by the broker."
+    );
 }

@@ -25,14 +25,15 @@ pub struct OutgoingMessage {
 
 impl OutgoingMessage {
     fn owned_headers(&self) -> OwnedHeaders {
-        self.headers
-            .iter()
-            .fold(OwnedHeaders::new_with_capacity(self.headers.len()), |h, (k, v)| {
+        self.headers.iter().fold(
+            OwnedHeaders::new_with_capacity(self.headers.len()),
+            |h, (k, v)| {
                 h.insert(Header {
                     key: k,
                     value: Some(v),
                 })
-            })
+            },
+        )
     }
 }
 
@@ -105,16 +106,18 @@ impl Producer {
         }))
         .await;
         let mut first_err = None;
-        let mut acked = 0u64;
+        let mut acked: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
         for r in results {
             match r {
-                Ok(_) => acked += 1,
+                Ok(topic) => *acked.entry(topic).or_default() += 1,
                 Err(e) => {
                     first_err.get_or_insert(e);
                 }
             }
         }
-        metrics::counter!(m::PRODUCED).increment(acked);
+        for (topic, n) in acked {
+            metrics::counter!(m::PRODUCED, "topic" => topic.to_owned()).increment(n);
+        }
         first_err.map_or(Ok(()), Err)
     }
 

@@ -41,7 +41,10 @@ impl OutboxSink for KafkaOutboxSink {
 
 fn to_outgoing(m: &OutboxMessage) -> OutgoingMessage {
     let mut hs = vec![
-        (headers::EVENT_TYPE.to_owned(), m.event_type.clone().into_bytes()),
+        (
+            headers::EVENT_TYPE.to_owned(),
+            m.event_type.clone().into_bytes(),
+        ),
         (
             headers::SCHEMA_VERSION.to_owned(),
             m.schema_version.to_string().into_bytes(),
@@ -119,7 +122,11 @@ pub struct ConsumerSettings {
 
 impl ConsumerSettings {
     /// Defaults for a group reading `topics`.
-    pub fn new(group_id: impl Into<String>, topics: Vec<String>, dead_letter_topic: String) -> Self {
+    pub fn new(
+        group_id: impl Into<String>,
+        topics: Vec<String>,
+        dead_letter_topic: String,
+    ) -> Self {
         Self {
             group_id: group_id.into(),
             topics,

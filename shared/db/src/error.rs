@@ -4,7 +4,9 @@
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Another writer appended to the stream first: reload the stream and retry the command.
-    #[error("concurrency conflict on stream `{stream_id}`: expected version {expected}, found {actual}")]
+    #[error(
+        "concurrency conflict on stream `{stream_id}`: expected version {expected}, found {actual}"
+    )]
     ConcurrencyConflict {
         /// The stream.
         stream_id: String,
@@ -32,6 +34,9 @@ pub enum StoreError {
 impl StoreError {
     /// Whether retrying the same operation later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Database(_) | StoreError::ConcurrencyConflict { .. })
+        matches!(
+            self,
+            StoreError::Database(_) | StoreError::ConcurrencyConflict { .. }
+        )
     }
 }

@@ -23,7 +23,11 @@ pub fn describe() {
         Unit::Seconds,
         "Time to append a batch of events to the store, including the outbox rows."
     );
-    describe_counter!(EVENTS_APPENDED, Unit::Count, "Events appended to the store.");
+    describe_counter!(
+        EVENTS_APPENDED,
+        Unit::Count,
+        "Events appended to the store."
+    );
     describe_counter!(
         APPEND_CONFLICTS,
         Unit::Count,

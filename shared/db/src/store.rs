@@ -215,12 +215,14 @@ impl EventStore {
                 .await?
                 .rows_affected()
         } else {
-            sqlx::query("INSERT INTO streams (stream_id, version) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                .bind(stream_id)
-                .bind(new_version)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
+            sqlx::query(
+                "INSERT INTO streams (stream_id, version) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(stream_id)
+            .bind(new_version)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
         };
         if updated != 1 {
             // A concurrent creator won the race for a new stream.
@@ -284,11 +286,13 @@ impl EventStore {
         positions.sort_unstable();
 
         if let Some(topic) = &publish.topic {
-            sqlx::query("INSERT INTO outbox (global_position, topic) SELECT unnest($1::bigint[]), $2")
-                .bind(&positions)
-                .bind(topic)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO outbox (global_position, topic) SELECT unnest($1::bigint[]), $2",
+            )
+            .bind(&positions)
+            .bind(topic)
+            .execute(&mut *tx)
+            .await?;
         }
         metrics::counter!(m::EVENTS_APPENDED).increment(events.len() as u64);
         metrics::histogram!(m::EVENT_APPEND_DURATION).record(started.elapsed().as_secs_f64());

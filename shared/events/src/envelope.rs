@@ -166,7 +166,9 @@ impl Envelope {
         let payload = Event::decode(&raw.event_type, raw.schema_version, raw.payload.get())?;
         Ok(Self {
             event_id: raw.event_id,
-            schema_version: raw.schema_version,
+            // The payload is now in its current shape (upcast if it was older), so the
+            // envelope says so; re-encoding never labels a new shape with an old version.
+            schema_version: payload.event_type().current_version(),
             stream_id: raw.stream_id,
             sequence: raw.sequence,
             occurred_at: raw.occurred_at,
@@ -266,9 +268,15 @@ mod tests {
     fn sequence_zero_and_empty_stream_are_invalid() {
         let mut raw = submitted().to_raw().unwrap();
         raw.sequence = 0;
-        assert!(matches!(Envelope::from_raw(raw), Err(EnvelopeError::Invalid(_))));
+        assert!(matches!(
+            Envelope::from_raw(raw),
+            Err(EnvelopeError::Invalid(_))
+        ));
         let mut raw = submitted().to_raw().unwrap();
         raw.stream_id.clear();
-        assert!(matches!(Envelope::from_raw(raw), Err(EnvelopeError::Invalid(_))));
+        assert!(matches!(
+            Envelope::from_raw(raw),
+            Err(EnvelopeError::Invalid(_))
+        ));
     }
 }

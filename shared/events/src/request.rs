@@ -59,9 +59,8 @@ impl WorkloadRequest {
     /// Checks every field, returning all problems at once.
     pub fn validate(&self, now: OffsetDateTime) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
-        let mut reject = |field: &'static str, message: String| {
-            errors.push(FieldError { field, message })
-        };
+        let mut reject =
+            |field: &'static str, message: String| errors.push(FieldError { field, message });
         if self.tenant_id.trim().is_empty() || self.tenant_id.len() > 64 {
             reject("tenant_id", "must be 1-64 characters".into());
         }

@@ -17,7 +17,9 @@ pub fn load<T: DeserializeOwned>(defaults: &str) -> Result<T, ConfigError> {
     let mut figment = Figment::new().merge(Toml::string(defaults));
     if let Ok(path) = std::env::var("HCP_CONFIG") {
         if !std::path::Path::new(&path).exists() {
-            return Err(ConfigError(format!("HCP_CONFIG points at {path}, which does not exist")));
+            return Err(ConfigError(format!(
+                "HCP_CONFIG points at {path}, which does not exist"
+            )));
         }
         figment = figment.merge(Toml::file(path));
     }
