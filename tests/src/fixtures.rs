@@ -4,8 +4,7 @@
 use hcp_bus::transactional::{ConsumerSettings, KafkaOutboxSink, TransactionalConsumer};
 use hcp_bus::Producer;
 use hcp_db::{OutboxRelay, Projection, RelaySettings};
-use hcp_events::payload::*;
-use hcp_events::{Envelope, Event, Topic};
+use hcp_events::{Envelope, Topic};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -14,30 +13,7 @@ use crate::TestEnv;
 
 /// The four-event happy path of one workload, sequences unassigned.
 pub fn lifecycle(id: Uuid) -> Vec<Envelope> {
-    let stream = format!("workload-{id}");
-    [
-        Event::WorkloadSubmitted(WorkloadSubmitted {
-            workload_id: id,
-            tenant_id: "acme".into(),
-            kind: WorkloadKind::Training,
-            model: "llama-3-8b".into(),
-            gpu_count: 2,
-            duration_s: 60,
-        }),
-        Event::WorkloadScheduled(WorkloadScheduled {
-            workload_id: id,
-            worker_id: "w1".into(),
-            gpu_ids: vec!["gpu-0".into(), "gpu-1".into()],
-        }),
-        Event::WorkloadStarted(WorkloadStarted { workload_id: id }),
-        Event::WorkloadCompleted(WorkloadCompleted {
-            workload_id: id,
-            runtime_s: 60.0,
-        }),
-    ]
-    .into_iter()
-    .map(|e| Envelope::new(stream.clone(), "test", e))
-    .collect()
+    hcp_cli::generator::happy_path(id, "acme", "test")
 }
 
 /// A running in-process component.

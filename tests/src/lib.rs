@@ -139,13 +139,8 @@ where
     }
 }
 
-/// Reads every message of `topic` from the beginning until `at_least` arrived or `timeout`.
-pub async fn read_topic(
-    kafka: &KafkaSettings,
-    topic: &str,
-    at_least: usize,
-    timeout: Duration,
-) -> Vec<OwnedMessage> {
+/// A group-less reader assigned to every partition of `topic` from the beginning.
+fn reader_from_beginning(kafka: &KafkaSettings, topic: &str) -> StreamConsumer {
     let group = format!("reader-{}", uuid::Uuid::new_v4().simple());
     let consumer: StreamConsumer = kafka
         .consumer_config(&group, &group)
@@ -160,6 +155,17 @@ pub async fn read_topic(
             .expect("tpl");
     }
     consumer.assign(&tpl).expect("assign");
+    consumer
+}
+
+/// Reads every message of `topic` from the beginning until `at_least` arrived or `timeout`.
+pub async fn read_topic(
+    kafka: &KafkaSettings,
+    topic: &str,
+    at_least: usize,
+    timeout: Duration,
+) -> Vec<OwnedMessage> {
+    let consumer = reader_from_beginning(kafka, topic);
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + timeout;
     while out.len() < at_least {
@@ -176,20 +182,7 @@ pub async fn read_topic(
 /// for two seconds. (Counting by watermarks is not possible on nisshi: its high watermark
 /// trails the log; see docs/adr/0001-kafka-broker.md.)
 pub async fn count_messages(kafka: &KafkaSettings, topic: &str) -> i64 {
-    let group = format!("counter-{}", uuid::Uuid::new_v4().simple());
-    let consumer: StreamConsumer = kafka
-        .consumer_config(&group, &group)
-        .create()
-        .expect("counter");
-    let meta = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let mut tpl = TopicPartitionList::new();
-    for p in meta.topics().iter().flat_map(|t| t.partitions()) {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-            .expect("tpl");
-    }
-    consumer.assign(&tpl).expect("assign");
+    let consumer = reader_from_beginning(kafka, topic);
     let mut n = 0;
     while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await {
         n += 1;

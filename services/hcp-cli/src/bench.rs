@@ -17,8 +17,7 @@ use hcp_db::{
     ApplyError, DatabaseSettings, EventStore, ExpectedVersion, OutboxRelay, Projection, Publish,
     RelaySettings,
 };
-use hcp_events::payload::*;
-use hcp_events::{Envelope, Event, Topic};
+use hcp_events::{Envelope, Topic};
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -40,30 +39,7 @@ pub struct BenchOptions {
 }
 
 fn lifecycle(id: Uuid) -> Vec<Envelope> {
-    let stream = format!("workload-{id}");
-    [
-        Event::WorkloadSubmitted(WorkloadSubmitted {
-            workload_id: id,
-            tenant_id: "bench".into(),
-            kind: WorkloadKind::BatchInference,
-            model: "all-MiniLM-L6-v2".into(),
-            gpu_count: 1,
-            duration_s: 60,
-        }),
-        Event::WorkloadScheduled(WorkloadScheduled {
-            workload_id: id,
-            worker_id: "w".into(),
-            gpu_ids: vec!["gpu-0".into()],
-        }),
-        Event::WorkloadStarted(WorkloadStarted { workload_id: id }),
-        Event::WorkloadCompleted(WorkloadCompleted {
-            workload_id: id,
-            runtime_s: 1.0,
-        }),
-    ]
-    .into_iter()
-    .map(|e| Envelope::new(stream.clone(), "bench", e))
-    .collect()
+    crate::generator::happy_path(id, "bench", "bench")
 }
 
 /// Records append→apply latency of every event.

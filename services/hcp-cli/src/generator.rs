@@ -34,6 +34,35 @@ pub async fn append_one(
         .new_version)
 }
 
+/// The four-event happy path of one workload (submitted, scheduled, started, completed),
+/// with sequences unassigned. Used by the bench and the tests.
+pub fn happy_path(id: Uuid, tenant: &str, producer: &str) -> Vec<Envelope> {
+    let stream = format!("workload-{id}");
+    [
+        Event::WorkloadSubmitted(WorkloadSubmitted {
+            workload_id: id,
+            tenant_id: tenant.into(),
+            kind: WorkloadKind::Training,
+            model: "llama-3-8b".into(),
+            gpu_count: 2,
+            duration_s: 60,
+        }),
+        Event::WorkloadScheduled(WorkloadScheduled {
+            workload_id: id,
+            worker_id: "w1".into(),
+            gpu_ids: vec!["gpu-0".into(), "gpu-1".into()],
+        }),
+        Event::WorkloadStarted(WorkloadStarted { workload_id: id }),
+        Event::WorkloadCompleted(WorkloadCompleted {
+            workload_id: id,
+            runtime_s: 60.0,
+        }),
+    ]
+    .into_iter()
+    .map(|e| Envelope::new(stream.clone(), producer, e))
+    .collect()
+}
+
 /// The next step of a workload in flight.
 #[derive(Debug)]
 struct InFlight {

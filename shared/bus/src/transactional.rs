@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hcp_db::outbox::{OutboxMessage, OutboxSink};
-use hcp_db::positions::{lock_next_offset, next_offset, store_next_offset};
+use hcp_db::positions::{claim_batch, lock_next_offset, next_offset, store_next_offset};
 use hcp_db::projection::{apply_once, Applied, ApplyError, Projection};
 use hcp_db::sqlx::{self, PgPool};
 use hcp_events::{headers, Envelope};
@@ -379,6 +379,9 @@ impl<P: Projection> TransactionalConsumer<P> {
         let mut next: HashMap<(String, i32), Option<i64>> = HashMap::new();
         let mut advanced: HashMap<(String, i32), i64> = HashMap::new();
         let mut dead: Vec<OutgoingMessage> = Vec::new();
+        // First pass: drop redeliveries below the stored offsets, dead-letter what does not
+        // decode, keep the rest in order.
+        let mut todo: Vec<(&OwnedMessage, Envelope)> = Vec::with_capacity(batch.len());
         for msg in batch {
             let key = (msg.topic().to_owned(), msg.partition());
             let stored = match next.get(&key) {
@@ -394,17 +397,28 @@ impl<P: Projection> TransactionalConsumer<P> {
                 continue;
             }
             advanced.insert(key, msg.offset() + 1);
-            let envelope = match Envelope::from_json(msg.payload().unwrap_or_default()) {
-                Ok(e) => e,
+            match Envelope::from_json(msg.payload().unwrap_or_default()) {
+                Ok(e) => todo.push((msg, e)),
                 Err(e) => {
                     tracing::warn!(
                         topic = msg.topic(), partition = msg.partition(), offset = msg.offset(),
                         error = %e, "dead-lettering malformed message"
                     );
                     dead.push(self.dead(msg, DeadLetterKind::Malformed, &e.to_string()));
-                    continue;
                 }
-            };
+            }
+        }
+        // Fast path: one statement claims every stream sequence of the batch.
+        let mut marks = if savepoints || todo.is_empty() {
+            HashMap::new()
+        } else {
+            let claims: Vec<(&str, i64)> = todo
+                .iter()
+                .map(|(_, e)| (e.stream_id.as_str(), e.sequence))
+                .collect();
+            claim_batch(&mut tx, self.name(), &claims).await?
+        };
+        for (msg, envelope) in &todo {
             let span = tracing::info_span!(
                 "apply",
                 consumer = self.name(),
@@ -414,8 +428,9 @@ impl<P: Projection> TransactionalConsumer<P> {
             );
             crate::trace::set_parent(&span, crate::trace::context_from_headers(msg.headers()));
             let outcome = if savepoints {
+                // Slow path after a poison event: one savepoint per event isolates it.
                 let mut sp = sqlx::Acquire::begin(&mut *tx).await?;
-                let out = apply_once(&mut sp, &self.projection, &envelope)
+                let out = apply_once(&mut sp, &self.projection, envelope)
                     .instrument(span)
                     .await;
                 if out.is_ok() {
@@ -425,9 +440,17 @@ impl<P: Projection> TransactionalConsumer<P> {
                 }
                 out
             } else {
-                apply_once(&mut tx, &self.projection, &envelope)
-                    .instrument(span)
-                    .await
+                let mark = marks.entry(envelope.stream_id.clone()).or_insert(0);
+                if envelope.sequence <= *mark {
+                    Ok(Applied::Duplicate)
+                } else {
+                    *mark = envelope.sequence;
+                    self.projection
+                        .apply(&mut tx, envelope)
+                        .instrument(span)
+                        .await
+                        .map(|()| Applied::Applied)
+                }
             };
             match outcome {
                 Ok(Applied::Applied) => stats.applied += 1,

@@ -126,3 +126,40 @@ pub async fn store_next_offset(
     .await?;
     Ok(())
 }
+
+/// Claims a whole batch of `(stream_id, sequence)` pairs for `consumer` in one statement:
+/// locks each stream's position row, advances it to the batch's highest sequence for that
+/// stream, and returns the sequence each stream was at BEFORE the batch (0 for new streams).
+/// The caller applies, in order, only events above that mark. Used by the consumer's fast path;
+/// [`claim_stream_sequence`] is the one-event form.
+pub async fn claim_batch(
+    conn: &mut PgConnection,
+    consumer: &str,
+    claims: &[(&str, i64)],
+) -> Result<std::collections::HashMap<String, i64>, sqlx::Error> {
+    let streams: Vec<&str> = claims.iter().map(|c| c.0).collect();
+    let seqs: Vec<i64> = claims.iter().map(|c| c.1).collect();
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "WITH input AS ( \
+             SELECT stream_id, max(seq) AS max_seq \
+             FROM UNNEST($2::text[], $3::bigint[]) AS t(stream_id, seq) \
+             GROUP BY stream_id ORDER BY stream_id), \
+         prev AS ( \
+             SELECT p.stream_id, p.last_sequence FROM consumer_stream_positions p \
+             JOIN input i ON i.stream_id = p.stream_id \
+             WHERE p.consumer = $1 ORDER BY p.stream_id FOR UPDATE OF p), \
+         up AS ( \
+             INSERT INTO consumer_stream_positions AS p (consumer, stream_id, last_sequence) \
+             SELECT $1, stream_id, max_seq FROM input \
+             ON CONFLICT (consumer, stream_id) DO UPDATE \
+             SET last_sequence = GREATEST(p.last_sequence, EXCLUDED.last_sequence)) \
+         SELECT i.stream_id, coalesce(prev.last_sequence, 0) \
+         FROM input i LEFT JOIN prev ON prev.stream_id = i.stream_id",
+    )
+    .bind(consumer)
+    .bind(&streams)
+    .bind(&seqs)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
