@@ -36,17 +36,18 @@ impl BoardState {
         }
     }
 
+    /// Every state.
+    pub const ALL: [BoardState; 6] = [
+        Self::Queued,
+        Self::Scheduled,
+        Self::Running,
+        Self::Completed,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
     fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Queued,
-            Self::Scheduled,
-            Self::Running,
-            Self::Completed,
-            Self::Failed,
-            Self::Cancelled,
-        ]
-        .into_iter()
-        .find(|x| x.as_str() == s)
+        Self::ALL.into_iter().find(|x| x.as_str() == s)
     }
 
     /// Whether no further transition is possible.
@@ -158,32 +159,49 @@ impl Projection for WorkloadBoard {
             }
             return Ok(());
         }
-        let state: Option<String> = sqlx::query_scalar(
-            "SELECT state FROM workload_board WHERE workload_id = $1 FOR UPDATE",
-        )
-        .bind(workload_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(from) = state.as_deref().and_then(BoardState::parse) else {
-            return Err(ApplyError::Poison(format!(
-                "{} for unknown workload {workload_id}",
-                e.event_type()
-            )));
+        // One round trip: the update only matches a row in a state the event may leave. The
+        // allowed states come from the pure `transition` function.
+        let allowed: Vec<BoardState> = BoardState::ALL
+            .into_iter()
+            .filter(|from| transition(*from, &e.payload).is_ok())
+            .collect();
+        let to = allowed
+            .first()
+            .and_then(|from| transition(*from, &e.payload).ok());
+        let from_names: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+        let updated = match to {
+            Some(to) => sqlx::query(
+                "UPDATE workload_board SET state = $2, detail = COALESCE($3, detail), \
+                     events_seen = events_seen + 1, last_sequence = $4, updated_at = $5 \
+                 WHERE workload_id = $1 AND state = ANY($6)",
+            )
+            .bind(workload_id)
+            .bind(to.as_str())
+            .bind(detail_of(&e.payload))
+            .bind(e.sequence)
+            .bind(e.occurred_at)
+            .bind(&from_names)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
+            None => 0,
         };
-        let to = transition(from, &e.payload).map_err(ApplyError::Poison)?;
-        sqlx::query(
-            "UPDATE workload_board SET state = $2, detail = COALESCE($3, detail), \
-                 events_seen = events_seen + 1, last_sequence = $4, updated_at = $5 \
-             WHERE workload_id = $1",
-        )
-        .bind(workload_id)
-        .bind(to.as_str())
-        .bind(detail_of(&e.payload))
-        .bind(e.sequence)
-        .bind(e.occurred_at)
-        .execute(&mut *tx)
-        .await?;
-        Ok(())
+        if updated == 1 {
+            return Ok(());
+        }
+        // Refused: say why (a rare path, so the extra read is fine).
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM workload_board WHERE workload_id = $1")
+                .bind(workload_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let reason = match state.as_deref().and_then(BoardState::parse) {
+            None => format!("{} for unknown workload {workload_id}", e.event_type()),
+            Some(from) => transition(from, &e.payload).err().unwrap_or_else(|| {
+                format!("{} refused in state {}", e.event_type(), from.as_str())
+            }),
+        };
+        Err(ApplyError::Poison(reason))
     }
 
     async fn reset(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
