@@ -58,6 +58,15 @@ stack-down: ## Stop everything the stack scripts started
 stack-status: ## Show what is running
 	@scripts/stack.sh status --all
 
+.PHONY: broker-reset-dev
+broker-reset-dev: ## Wipe the dev broker's data and the dev consumers' stored offsets (projections stay)
+	@scripts/stack.sh down --profile dev
+	rm -rf var/broker-dev
+	@scripts/stack.sh up --profile dev
+	@eval "$$(scripts/stack.sh env --profile dev)"; \
+		psql "$$HCP_DATABASE__URL" -qc 'DELETE FROM consumer_offsets' && \
+		echo "dev broker reset; consumer offsets cleared (stream positions still de-duplicate)"
+
 .PHONY: check-compose
 check-compose: ## Validate docker-compose.yml, the Grafana dashboard and the Prometheus config
 	@scripts/check-compose.sh

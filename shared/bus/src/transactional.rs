@@ -335,7 +335,9 @@ impl<P: Projection> TransactionalConsumer<P> {
                 Ok(Some(next)) if next == msg.offset() => None,
                 Ok(Some(next)) => Some(Offset::Offset(next)),
                 Ok(None) if msg.offset() == 0 => None,
-                Ok(None) => Some(Offset::Beginning),
+                // Offset 0 rather than `Beginning`: no ListOffsets round trip, and an
+                // out-of-range 0 (retention) falls back to `auto.offset.reset=earliest`.
+                Ok(None) => Some(Offset::Offset(0)),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read stored offset; relying on idempotency");
                     None
