@@ -625,3 +625,90 @@ async fn migrations_are_idempotent() {
         .unwrap();
     assert_eq!(applied as usize, hcp_db::MIGRATOR.iter().count());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_lost_its_log_cannot_make_new_events_look_like_redeliveries() {
+    hcp_tests::init_tracing();
+    let env = TestEnv::new().await;
+    // The database remembers offsets far beyond what this (fresh) broker holds, as after a
+    // broker wipe or a switch to another cluster.
+    for partition in 0..env.kafka.partitions {
+        hcp_db::positions::store_next_offset(
+            &mut env.pool.acquire().await.unwrap(),
+            "workload-board",
+            &env.topic(Topic::Workloads),
+            partition,
+            10_000,
+        )
+        .await
+        .unwrap();
+    }
+    let id = Uuid::now_v7();
+    EventStore::new(env.pool.clone())
+        .append_and_commit(
+            &format!("workload-{id}"),
+            ExpectedVersion::NoStream,
+            &lifecycle(id),
+            &Publish::to(env.topic(Topic::Workloads)),
+        )
+        .await
+        .unwrap();
+    let relay = start_relay(&env);
+    let board = start_consumer(&env, WorkloadBoard::new(), Topic::Workloads);
+    let done = wait_until(WAIT, POLL, || async {
+        board_state(&env, id).await == Some(("completed".into(), 4))
+    })
+    .await;
+    board.stop().await;
+    relay.stop().await;
+    assert!(
+        done,
+        "new events were applied, not skipped as redeliveries: {:?}",
+        board_state(&env, id).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_offset_ahead_of_the_database_is_ignored_and_nothing_is_skipped() {
+    hcp_tests::init_tracing();
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let env = TestEnv::new().await;
+    let topic = env.topic(Topic::Workloads);
+    let id = Uuid::now_v7();
+    EventStore::new(env.pool.clone())
+        .append_and_commit(
+            &format!("workload-{id}"),
+            ExpectedVersion::NoStream,
+            &lifecycle(id),
+            &Publish::to(&topic),
+        )
+        .await
+        .unwrap();
+    let relay = start_relay(&env);
+    let wire = read_topic(&env.kafka, &topic, 4, WAIT).await;
+    assert_eq!(wire.len(), 4);
+    let partition = wire[0].partition();
+
+    // The broker's committed offset for the group says the first two events were handled;
+    // PostgreSQL, the truth, says nothing was.
+    let group = format!("{}.workload-board", env.kafka.namespace);
+    let committer: BaseConsumer = env.kafka.consumer_config(&group, &group).create().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, partition, rdkafka::Offset::Offset(2))
+        .unwrap();
+    committer.commit(&tpl, CommitMode::Sync).unwrap();
+    drop(committer);
+
+    let board = start_consumer(&env, WorkloadBoard::new(), Topic::Workloads);
+    let done = wait_until(WAIT, POLL, || async {
+        board_state(&env, id).await == Some(("completed".into(), 4))
+    })
+    .await;
+    board.stop().await;
+    relay.stop().await;
+    assert!(
+        done,
+        "all four events applied: {:?}",
+        board_state(&env, id).await
+    );
+}

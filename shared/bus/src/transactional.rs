@@ -313,8 +313,8 @@ impl<P: Projection> TransactionalConsumer<P> {
     }
 
     /// For partitions assigned since the last batch, compares the first message's offset with
-    /// the offset stored in PostgreSQL and seeks when they differ, dropping that partition's
-    /// messages from the batch (they will be fetched again from the right place).
+    /// the offset stored in PostgreSQL and seeks back when the broker would skip ahead of it,
+    /// dropping that partition's messages from the batch (they are fetched again from there).
     async fn seek_fresh_partitions(&self, batch: Vec<OwnedMessage>) -> Vec<OwnedMessage> {
         let fresh: Vec<(String, i32)> = match self.fresh.lock() {
             Ok(f) if !f.is_empty() => f.iter().cloned().collect(),
@@ -332,7 +332,12 @@ impl<P: Projection> TransactionalConsumer<P> {
                 Err(e) => Err(e),
             };
             let target = match stored {
-                Ok(Some(next)) if next == msg.offset() => None,
+                // The broker would redeliver from before our position: no seek; the stream
+                // claims absorb what was applied already. (Seeking forward is unsafe: a broker
+                // that lost its log may hold nothing at our offset, and some brokers then wait
+                // there forever instead of answering "out of range".)
+                Ok(Some(next)) if next >= msg.offset() => None,
+                // The broker would skip events we never applied: go back.
                 Ok(Some(next)) => Some(Offset::Offset(next)),
                 Ok(None) if msg.offset() == 0 => None,
                 // Offset 0 rather than `Beginning`: no ListOffsets round trip, and an
@@ -381,8 +386,8 @@ impl<P: Projection> TransactionalConsumer<P> {
         let mut next: HashMap<(String, i32), Option<i64>> = HashMap::new();
         let mut advanced: HashMap<(String, i32), i64> = HashMap::new();
         let mut dead: Vec<OutgoingMessage> = Vec::new();
-        // First pass: drop redeliveries below the stored offsets, dead-letter what does not
-        // decode, keep the rest in order.
+        // First pass: dead-letter what does not decode (unless it is a redelivery below the
+        // stored offset), keep the rest in order for the stream claim.
         let mut todo: Vec<(&OwnedMessage, Envelope)> = Vec::with_capacity(batch.len());
         for msg in batch {
             let key = (msg.topic().to_owned(), msg.partition());
@@ -394,13 +399,15 @@ impl<P: Projection> TransactionalConsumer<P> {
                     v
                 }
             };
-            if stored.is_some_and(|n| msg.offset() < n) {
-                stats.duplicates += 1;
-                continue;
-            }
+            // Below the stored offset means "seen before" only if the broker's log is the one
+            // the offset was stored against. Valid events therefore go on to the stream claim
+            // regardless, so a wiped or replaced broker cannot make new events look like
+            // redeliveries; only undecodable bytes are skipped on the offset alone.
+            let below = stored.is_some_and(|n| msg.offset() < n);
             advanced.insert(key, msg.offset() + 1);
             match Envelope::from_json(msg.payload().unwrap_or_default()) {
                 Ok(e) => todo.push((msg, e)),
+                Err(_) if below => stats.duplicates += 1,
                 Err(e) => {
                     tracing::warn!(
                         topic = msg.topic(), partition = msg.partition(), offset = msg.offset(),
