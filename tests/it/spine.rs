@@ -29,6 +29,27 @@ async fn board_state(env: &TestEnv, id: Uuid) -> Option<(String, i32)> {
         .unwrap()
 }
 
+/// Appends one workload's four-event happy path, published to the workloads topic.
+async fn append_happy_path(env: &TestEnv, id: Uuid) {
+    EventStore::new(env.pool.clone())
+        .append_and_commit(
+            &format!("workload-{id}"),
+            ExpectedVersion::NoStream,
+            &lifecycle(id),
+            &Publish::to(env.topic(Topic::Workloads)),
+        )
+        .await
+        .unwrap();
+}
+
+/// Waits until the board shows the workload completed after exactly four events.
+async fn completes(env: &TestEnv, id: Uuid) -> bool {
+    wait_until(WAIT, POLL, || async {
+        board_state(env, id).await == Some(("completed".into(), 4))
+    })
+    .await
+}
+
 fn header<'a>(m: &'a rdkafka::message::OwnedMessage, key: &str) -> Option<&'a str> {
     m.headers()?
         .iter()
@@ -628,7 +649,6 @@ async fn migrations_are_idempotent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_lost_its_log_cannot_make_new_events_look_like_redeliveries() {
-    hcp_tests::init_tracing();
     let env = TestEnv::new().await;
     // The database remembers offsets far beyond what this (fresh) broker holds, as after a
     // broker wipe or a switch to another cluster.
@@ -644,21 +664,10 @@ async fn a_broker_that_lost_its_log_cannot_make_new_events_look_like_redeliverie
         .unwrap();
     }
     let id = Uuid::now_v7();
-    EventStore::new(env.pool.clone())
-        .append_and_commit(
-            &format!("workload-{id}"),
-            ExpectedVersion::NoStream,
-            &lifecycle(id),
-            &Publish::to(env.topic(Topic::Workloads)),
-        )
-        .await
-        .unwrap();
+    append_happy_path(&env, id).await;
     let relay = start_relay(&env);
     let board = start_consumer(&env, WorkloadBoard::new(), Topic::Workloads);
-    let done = wait_until(WAIT, POLL, || async {
-        board_state(&env, id).await == Some(("completed".into(), 4))
-    })
-    .await;
+    let done = completes(&env, id).await;
     board.stop().await;
     relay.stop().await;
     assert!(
@@ -670,20 +679,11 @@ async fn a_broker_that_lost_its_log_cannot_make_new_events_look_like_redeliverie
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_offset_ahead_of_the_database_is_ignored_and_nothing_is_skipped() {
-    hcp_tests::init_tracing();
     use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
     let env = TestEnv::new().await;
     let topic = env.topic(Topic::Workloads);
     let id = Uuid::now_v7();
-    EventStore::new(env.pool.clone())
-        .append_and_commit(
-            &format!("workload-{id}"),
-            ExpectedVersion::NoStream,
-            &lifecycle(id),
-            &Publish::to(&topic),
-        )
-        .await
-        .unwrap();
+    append_happy_path(&env, id).await;
     let relay = start_relay(&env);
     let wire = read_topic(&env.kafka, &topic, 4, WAIT).await;
     assert_eq!(wire.len(), 4);
@@ -700,10 +700,7 @@ async fn a_broker_offset_ahead_of_the_database_is_ignored_and_nothing_is_skipped
     drop(committer);
 
     let board = start_consumer(&env, WorkloadBoard::new(), Topic::Workloads);
-    let done = wait_until(WAIT, POLL, || async {
-        board_state(&env, id).await == Some(("completed".into(), 4))
-    })
-    .await;
+    let done = completes(&env, id).await;
     board.stop().await;
     relay.stop().await;
     assert!(

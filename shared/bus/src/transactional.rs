@@ -105,8 +105,8 @@ impl ConsumerContext for AssignmentContext {
 /// Consumer tuning.
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
-    /// Consumer group; also the consumer identity in the positions tables when it differs
-    /// from the projection name is NOT allowed: the projection name is used for positions.
+    /// Kafka consumer group. Positions in PostgreSQL are keyed by the projection's name, not
+    /// by this, so renaming a group never resets a projection.
     pub group_id: String,
     /// Topics to subscribe to (concrete names).
     pub topics: Vec<String>,
