@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use hcp_bus::transactional::KafkaOutboxSink;
 use hcp_bus::Producer;
-use hcp_cli::projections::WorkloadBoard;
+use hcp_readmodel::WorkloadBoard;
 use hcp_db::sqlx;
 use hcp_db::{
     EventStore, ExpectedVersion, OutboxMessage, OutboxRelay, OutboxSink, Publish, RelaySettings,

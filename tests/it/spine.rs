@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use hcp_bus::OutgoingMessage;
-use hcp_cli::projections::{MarketPrices, WorkloadBoard};
+use hcp_readmodel::{MarketPrices, WorkloadBoard};
 use hcp_db::sqlx::{self, PgConnection};
 use hcp_db::{ApplyError, EventStore, ExpectedVersion, Projection, Publish, StoreError};
 use hcp_events::payload::*;

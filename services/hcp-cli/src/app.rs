@@ -15,7 +15,7 @@ use hcp_telemetry::{AdminServer, Readiness};
 use tokio::task::JoinSet;
 
 use crate::generator;
-use crate::projections::{MarketPrices, WorkloadBoard};
+use hcp_readmodel::{MarketPrices, WorkloadBoard};
 use crate::settings::Settings;
 
 /// Which parts to run (the `hcp spine` flags; tests run parts in separate processes).

@@ -22,7 +22,7 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::projections::WorkloadBoard;
+use hcp_readmodel::WorkloadBoard;
 use crate::settings::Settings;
 
 /// Bench sizes.

@@ -10,7 +10,7 @@ use hcp_db::EventStore;
 use hcp_runtime::Shutdown;
 
 use crate::app::{self, Application, Roles};
-use crate::projections::{MarketPrices, WorkloadBoard};
+use hcp_readmodel::{MarketPrices, WorkloadBoard};
 use crate::settings::Settings;
 
 /// HCP operator tool.

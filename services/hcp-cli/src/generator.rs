@@ -39,14 +39,14 @@ pub async fn append_one(
 pub fn happy_path(id: Uuid, tenant: &str, producer: &str) -> Vec<Envelope> {
     let stream = format!("workload-{id}");
     [
-        Event::WorkloadSubmitted(WorkloadSubmitted {
-            workload_id: id,
-            tenant_id: tenant.into(),
-            kind: WorkloadKind::Training,
-            model: "llama-3-8b".into(),
-            gpu_count: 2,
-            duration_s: 60,
-        }),
+        Event::WorkloadSubmitted(WorkloadSubmitted::simple(
+            id,
+            tenant,
+            WorkloadKind::Training,
+            "llama-3-8b",
+            2,
+            60,
+        )),
         Event::WorkloadScheduled(WorkloadScheduled {
             workload_id: id,
             worker_id: "w1".into(),
@@ -111,14 +111,9 @@ pub async fn run_workloads(
         let id = Uuid::now_v7();
         let stream = format!("workload-{id}");
         let span = tracing::info_span!("submit_workload", workload_id = %id);
-        let submitted = Event::WorkloadSubmitted(WorkloadSubmitted {
-            workload_id: id,
-            tenant_id: tenant.into(),
-            kind,
-            model: model.into(),
-            gpu_count: gpus,
-            duration_s: duration,
-        });
+        let submitted = Event::WorkloadSubmitted(WorkloadSubmitted::simple(
+            id, tenant, kind, model, gpus, duration,
+        ));
         match append_one(
             &store,
             &topic,

@@ -2,7 +2,7 @@
 //! child process they can kill.
 //!
 //! - [`settings`]: the typed configuration;
-//! - [`projections`]: the spine's read models (workload board, market prices);
+//! - read models (workload board, market prices) live in `hcp-readmodel`;
 //! - [`generator`]: the demo load (workload lifecycles and replayed ERCOT prices);
 //! - [`app`]: wiring relay, consumers and admin server into one runnable application;
 //! - [`cli`]: the command line.
@@ -11,5 +11,4 @@ pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod generator;
-pub mod projections;
 pub mod settings;

@@ -190,14 +190,14 @@ mod tests {
         let mut e = Envelope::new(
             format!("workload-{id}"),
             "gateway",
-            Event::WorkloadSubmitted(WorkloadSubmitted {
-                workload_id: id,
-                tenant_id: "acme".into(),
-                kind: WorkloadKind::Training,
-                model: "llama-3-8b".into(),
-                gpu_count: 8,
-                duration_s: 3600,
-            }),
+            Event::WorkloadSubmitted(WorkloadSubmitted::simple(
+                id,
+                "acme",
+                WorkloadKind::Training,
+                "llama-3-8b",
+                8,
+                3600,
+            )),
         );
         e.sequence = 1;
         e

@@ -11,6 +11,8 @@ pub mod schema;
 pub mod wire;
 
 pub use envelope::{Envelope, EnvelopeError, RawEnvelope};
-pub use payload::{Event, EventType, WorkloadKind};
+pub use payload::{
+    command_stream, worker_stream, workload_stream, Event, EventType, Tier, WorkloadKind,
+};
 pub use request::WorkloadRequest;
 pub use wire::{headers, Topic};

@@ -21,22 +21,275 @@ pub enum WorkloadKind {
     Training,
 }
 
-/// A workload was accepted into the system (after validation).
+/// A tenant's service tier; drives priority and rate limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    /// Highest priority, highest limits.
+    Enterprise,
+    /// The default paid tier.
+    Pro,
+    /// Best effort.
+    Free,
+}
+
+impl Tier {
+    /// Wire / column value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Tier::Enterprise => "enterprise",
+            Tier::Pro => "pro",
+            Tier::Free => "free",
+        }
+    }
+
+    /// Parses a wire value.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Tier::Enterprise, Tier::Pro, Tier::Free]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+    }
+}
+
+/// Where a submission came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SubmissionSource {
+    /// The REST gateway.
+    Rest,
+    /// A direct producer on the workload-requests topic.
+    Kafka,
+}
+
+/// `workload.submitted` v1, kept so that old events keep decoding (upcast to v2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct WorkloadSubmitted {
+pub struct WorkloadSubmittedV1 {
     /// The workload's id; also its stream id suffix.
     pub workload_id: Uuid,
     /// Owner tenant.
     pub tenant_id: String,
     /// Workload class.
     pub kind: WorkloadKind,
+    /// Model name.
+    pub model: String,
+    /// GPUs required.
+    pub gpu_count: u32,
+    /// Declared run time in seconds.
+    pub duration_s: u32,
+}
+
+/// A workload was accepted into the system (after validation). Carries the request as the
+/// customer sent it; the router classifies it (see [`WorkloadQueued`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSubmitted {
+    /// The workload's id; also its stream id suffix.
+    pub workload_id: Uuid,
+    /// The client's request id (idempotency key scope: tenant + request id).
+    pub request_id: Uuid,
+    /// Owner tenant.
+    pub tenant_id: String,
+    /// The tenant's tier at submission.
+    pub tier: Tier,
+    /// Workload class if the customer stated it.
+    pub kind: Option<WorkloadKind>,
     /// Model name, e.g. `all-MiniLM-L6-v2`.
     pub model: String,
-    /// GPUs required (gang-scheduled).
+    /// GPUs required (gang-scheduled on one worker).
     pub gpu_count: u32,
+    /// Required GPU model, e.g. `H100`.
+    pub gpu_type: Option<String>,
+    /// Minimum memory per GPU, GiB.
+    pub gpu_memory_gib: Option<u32>,
     /// Declared run time in seconds, used for ETA and simulation.
     pub duration_s: u32,
+    /// Latency target for inference, milliseconds.
+    pub latency_target_ms: Option<u32>,
+    /// Whether the customer allows checkpoint-and-pause; the router decides when absent.
+    pub interruptible: Option<bool>,
+    /// Fail if not started by then.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schemars(with = "Option<String>")]
+    pub deadline: Option<OffsetDateTime>,
+    /// REST or Kafka.
+    pub source: SubmissionSource,
+}
+
+impl WorkloadSubmitted {
+    /// The accepted form of a validated request.
+    pub fn from_request(
+        workload_id: Uuid,
+        request: &crate::WorkloadRequest,
+        tier: Tier,
+        source: SubmissionSource,
+    ) -> Self {
+        Self {
+            workload_id,
+            request_id: request.request_id,
+            tenant_id: request.tenant_id.clone(),
+            tier,
+            kind: request.kind,
+            model: request.model.clone(),
+            gpu_count: request.gpu_count,
+            gpu_type: request.gpu_type.clone(),
+            gpu_memory_gib: request.gpu_memory_gib,
+            duration_s: request.duration_s,
+            latency_target_ms: request.latency_target_ms,
+            interruptible: request.interruptible,
+            deadline: request.deadline,
+            source,
+        }
+    }
+
+    /// A minimal submission (tests, demos): given class, no constraints.
+    pub fn simple(
+        workload_id: Uuid,
+        tenant_id: &str,
+        kind: WorkloadKind,
+        model: &str,
+        gpu_count: u32,
+        duration_s: u32,
+    ) -> Self {
+        Self {
+            workload_id,
+            request_id: workload_id,
+            tenant_id: tenant_id.to_owned(),
+            tier: Tier::Pro,
+            kind: Some(kind),
+            model: model.to_owned(),
+            gpu_count,
+            gpu_type: None,
+            gpu_memory_gib: None,
+            duration_s,
+            latency_target_ms: None,
+            interruptible: None,
+            deadline: None,
+            source: SubmissionSource::Rest,
+        }
+    }
+}
+
+impl From<WorkloadSubmittedV1> for WorkloadSubmitted {
+    fn from(v1: WorkloadSubmittedV1) -> Self {
+        Self {
+            workload_id: v1.workload_id,
+            request_id: v1.workload_id,
+            tenant_id: v1.tenant_id,
+            tier: Tier::Pro,
+            kind: Some(v1.kind),
+            model: v1.model,
+            gpu_count: v1.gpu_count,
+            gpu_type: None,
+            gpu_memory_gib: None,
+            duration_s: v1.duration_s,
+            latency_target_ms: None,
+            interruptible: None,
+            deadline: None,
+            source: SubmissionSource::Rest,
+        }
+    }
+}
+
+/// The router classified a workload and put it in its priority queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadQueued {
+    /// The workload.
+    pub workload_id: Uuid,
+    /// Class (stated or inferred).
+    pub kind: WorkloadKind,
+    /// Priority 1 (lowest) - 10 (highest).
+    pub priority: u8,
+    /// Whether it may be checkpointed and preempted.
+    pub interruptible: bool,
+    /// How the class was decided, e.g. `inferred from latency_target_ms=50`.
+    pub reason: String,
+}
+
+/// The router proposes concrete GPUs for a workload; the resource-manager decides.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadPlacementProposed {
+    /// The workload.
+    pub workload_id: Uuid,
+    /// Target worker.
+    pub worker_id: String,
+    /// GPUs on that worker (all of them or none: gang).
+    pub gpu_ids: Vec<String>,
+    /// Placement score (higher is better).
+    pub score: f64,
+    /// 1 for the first try.
+    pub attempt: u32,
+}
+
+/// The resource-manager refused a proposed placement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadPlacementRejected {
+    /// The workload.
+    pub workload_id: Uuid,
+    /// The proposed worker.
+    pub worker_id: String,
+    /// Why.
+    pub reason: String,
+    /// Whether trying again (elsewhere or later) can succeed.
+    pub retryable: bool,
+}
+
+/// A running workload saved a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadCheckpointed {
+    /// The workload.
+    pub workload_id: Uuid,
+    /// Fraction done at the checkpoint, 0-1.
+    pub progress: f64,
+}
+
+/// A workload was paused by its tenant or an operator (GPUs stay allocated).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadPaused {
+    /// The workload.
+    pub workload_id: Uuid,
+    /// Who asked for it.
+    pub requested_by: String,
+}
+
+/// A paused workload was resumed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadResumed {
+    /// The workload.
+    pub workload_id: Uuid,
+    /// Who asked for it.
+    pub requested_by: String,
+}
+
+/// The router preempts a running interruptible workload to make room for real-time work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadPreempted {
+    /// The preempted workload.
+    pub workload_id: Uuid,
+    /// The workload it makes room for.
+    pub for_workload_id: Uuid,
+    /// Why.
+    pub reason: String,
+}
+
+/// A workload went back to the queue: after preemption (from its checkpoint) or because its
+/// worker went silent. Its GPUs are released.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadRequeued {
+    /// The workload.
+    pub workload_id: Uuid,
+    /// Progress it resumes from (the last checkpoint), 0-1.
+    pub resume_progress: f64,
+    /// Why.
+    pub reason: String,
 }
 
 /// A workload was placed on concrete GPUs.
@@ -105,99 +358,283 @@ pub struct MarketPriceObserved {
     pub unit: String,
 }
 
-/// Every event HCP records, typed. The wire form is the envelope's `event_type`,
-/// `schema_version` and `payload` fields; see [`crate::Envelope`].
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    /// `workload.submitted` v1
-    WorkloadSubmitted(WorkloadSubmitted),
-    /// `workload.scheduled` v1
-    WorkloadScheduled(WorkloadScheduled),
-    /// `workload.started` v1
-    WorkloadStarted(WorkloadStarted),
-    /// `workload.completed` v1
-    WorkloadCompleted(WorkloadCompleted),
-    /// `workload.failed` v1
-    WorkloadFailed(WorkloadFailed),
-    /// `workload.cancelled` v1
-    WorkloadCancelled(WorkloadCancelled),
-    /// `market.price_observed` v1
-    MarketPriceObserved(MarketPriceObserved),
+/// One GPU as a worker reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GpuSpec {
+    /// Fleet-unique id (`<worker>/gpu-N` for simulated GPUs, the UUID for real ones).
+    pub gpu_id: String,
+    /// Model, e.g. `H100`.
+    pub model: String,
+    /// Memory, MiB.
+    pub memory_mib: u64,
 }
 
-/// The type tag of an [`Event`], as an enum so that nothing matches on strings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EventType {
-    /// `workload.submitted`
-    WorkloadSubmitted,
-    /// `workload.scheduled`
-    WorkloadScheduled,
-    /// `workload.started`
-    WorkloadStarted,
-    /// `workload.completed`
-    WorkloadCompleted,
-    /// `workload.failed`
-    WorkloadFailed,
-    /// `workload.cancelled`
-    WorkloadCancelled,
-    /// `market.price_observed`
-    MarketPriceObserved,
+/// One GPU telemetry sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GpuSample {
+    /// The GPU.
+    pub gpu_id: String,
+    /// SM utilisation, percent.
+    pub utilization_pct: f64,
+    /// Memory in use, MiB.
+    pub memory_used_mib: u64,
+    /// Board power, watts.
+    pub power_w: f64,
+    /// Temperature, Celsius.
+    pub temperature_c: f64,
+}
+
+/// A worker announced itself (first heartbeat, or its GPUs changed, or it came back).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerRegistered {
+    /// The worker.
+    pub worker_id: String,
+    /// Site it runs in.
+    pub site: String,
+    /// `sim` or `cuda`.
+    pub backend: String,
+    /// Its GPUs.
+    pub gpus: Vec<GpuSpec>,
+}
+
+/// A worker stopped sending heartbeats; its GPUs are unavailable and its work was requeued.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerLost {
+    /// The worker.
+    pub worker_id: String,
+    /// Seconds since its last heartbeat when declared lost.
+    pub silent_for_s: f64,
+}
+
+/// Periodic worker heartbeat with per-GPU telemetry (topic `worker-reports`, not stored in the
+/// event log; the resource-manager turns it into inventory and health).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerHeartbeat {
+    /// The worker.
+    pub worker_id: String,
+    /// Site it runs in.
+    pub site: String,
+    /// `sim` or `cuda`.
+    pub backend: String,
+    /// Its GPUs.
+    pub gpus: Vec<GpuSpec>,
+    /// Workloads it is running or holding paused.
+    pub running: Vec<Uuid>,
+    /// One sample per GPU.
+    pub samples: Vec<GpuSample>,
+}
+
+/// What happened to a run on a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// The model is loaded and the run began.
+    Started,
+    /// A checkpoint was saved.
+    Checkpointed,
+    /// Paused on command.
+    Paused,
+    /// Resumed on command.
+    Resumed,
+    /// Finished successfully.
+    Completed,
+    /// Failed on the worker.
+    Failed,
+    /// Stopped on command (after a checkpoint when one was asked for).
+    Stopped,
+}
+
+/// Phase timings of one model switch on a GPU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSwitch {
+    /// The model switched to.
+    pub model: String,
+    /// Whether it was already resident in VRAM.
+    pub resident: bool,
+    /// Load into VRAM, ms (0 when resident).
+    pub load_ms: f64,
+    /// Bind to the run (route, allocate buffers), ms.
+    pub bind_ms: f64,
+    /// First batch, ms.
+    pub first_batch_ms: f64,
+}
+
+/// A worker reports on one run (topic `worker-reports`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunReported {
+    /// The workload.
+    pub workload_id: Uuid,
+    /// The worker.
+    pub worker_id: String,
+    /// What happened.
+    pub status: RunStatus,
+    /// Fraction done (for `stopped`/`checkpointed`: the saved checkpoint), 0-1.
+    pub progress: f64,
+    /// Seconds spent running so far in this placement.
+    pub runtime_s: f64,
+    /// Failure reason or other detail.
+    pub detail: Option<String>,
+    /// Model switch timings (with `started`).
+    pub switch: Option<ModelSwitch>,
+}
+
+/// What a device command asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CommandAction {
+    /// Run a workload on these GPUs, from `resume_progress`.
+    Start {
+        /// Model to load.
+        model: String,
+        /// GPUs on the worker.
+        gpu_ids: Vec<String>,
+        /// Declared run time, seconds (for the simulator).
+        duration_s: u32,
+        /// Checkpoint to resume from, 0-1.
+        resume_progress: f64,
+    },
+    /// Pause in place (GPUs stay allocated).
+    Pause,
+    /// Resume a paused run.
+    Resume,
+    /// Save a checkpoint now and keep running.
+    Checkpoint,
+    /// Stop; save a checkpoint first when `checkpoint` is set.
+    Stop {
+        /// Save a checkpoint before stopping.
+        checkpoint: bool,
+        /// Why (logged by the worker).
+        reason: String,
+    },
+}
+
+/// A command to one worker (topic `device-commands`, keyed by worker id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceCommand {
+    /// Unique; workers ignore a command id they have already obeyed.
+    pub command_id: Uuid,
+    /// The worker that must obey.
+    pub worker_id: String,
+    /// The workload it concerns.
+    pub workload_id: Uuid,
+    /// What to do.
+    pub action: CommandAction,
+}
+
+macro_rules! events {
+    ($( $(#[$doc:meta])* $variant:ident($payload:ty) = $name:literal v $version:literal ),+ $(,)?) => {
+        /// Every event HCP records, typed. The wire form is the envelope's `event_type`,
+        /// `schema_version` and `payload` fields; see [`crate::Envelope`].
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Event {
+            $( $(#[$doc])* $variant($payload), )+
+        }
+
+        /// The type tag of an [`Event`], as an enum so that nothing matches on strings.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum EventType {
+            $( $(#[$doc])* $variant, )+
+        }
+
+        impl EventType {
+            /// All types, for schema export and fixture checks.
+            pub const ALL: &'static [EventType] = &[$( EventType::$variant, )+];
+
+            /// The wire name.
+            pub const fn as_str(self) -> &'static str {
+                match self { $( EventType::$variant => $name, )+ }
+            }
+
+            /// The schema version new events of this type are written with.
+            pub const fn current_version(self) -> u16 {
+                match self { $( EventType::$variant => $version, )+ }
+            }
+
+            /// The JSON Schema of this type's current payload version.
+            pub fn payload_schema(self) -> schemars::Schema {
+                match self { $( EventType::$variant => schemars::schema_for!($payload), )+ }
+            }
+        }
+
+        impl Event {
+            /// This event's type tag.
+            pub fn event_type(&self) -> EventType {
+                match self { $( Event::$variant(_) => EventType::$variant, )+ }
+            }
+
+            /// Serialises the payload alone (the envelope's `payload` field), at the current
+            /// version.
+            pub fn payload_json(&self) -> Result<Box<serde_json::value::RawValue>, EnvelopeError> {
+                let raw = match self { $( Event::$variant(p) => serde_json::value::to_raw_value(p), )+ };
+                raw.map_err(|e| EnvelopeError::Encode(e.to_string()))
+            }
+
+            fn decode_current(ty: EventType, payload: &str) -> Result<Self, EnvelopeError> {
+                Ok(match ty { $( EventType::$variant => Event::$variant(parse(payload)?), )+ })
+            }
+        }
+    };
+}
+
+events! {
+    /// `workload.submitted` v2 (v1 is upcast)
+    WorkloadSubmitted(WorkloadSubmitted) = "workload.submitted" v 2,
+    /// `workload.queued` v1
+    WorkloadQueued(WorkloadQueued) = "workload.queued" v 1,
+    /// `workload.placement_proposed` v1
+    WorkloadPlacementProposed(WorkloadPlacementProposed) = "workload.placement_proposed" v 1,
+    /// `workload.placement_rejected` v1
+    WorkloadPlacementRejected(WorkloadPlacementRejected) = "workload.placement_rejected" v 1,
+    /// `workload.scheduled` v1
+    WorkloadScheduled(WorkloadScheduled) = "workload.scheduled" v 1,
+    /// `workload.started` v1
+    WorkloadStarted(WorkloadStarted) = "workload.started" v 1,
+    /// `workload.checkpointed` v1
+    WorkloadCheckpointed(WorkloadCheckpointed) = "workload.checkpointed" v 1,
+    /// `workload.paused` v1
+    WorkloadPaused(WorkloadPaused) = "workload.paused" v 1,
+    /// `workload.resumed` v1
+    WorkloadResumed(WorkloadResumed) = "workload.resumed" v 1,
+    /// `workload.preempted` v1
+    WorkloadPreempted(WorkloadPreempted) = "workload.preempted" v 1,
+    /// `workload.requeued` v1
+    WorkloadRequeued(WorkloadRequeued) = "workload.requeued" v 1,
+    /// `workload.completed` v1
+    WorkloadCompleted(WorkloadCompleted) = "workload.completed" v 1,
+    /// `workload.failed` v1
+    WorkloadFailed(WorkloadFailed) = "workload.failed" v 1,
+    /// `workload.cancelled` v1
+    WorkloadCancelled(WorkloadCancelled) = "workload.cancelled" v 1,
+    /// `worker.registered` v1
+    WorkerRegistered(WorkerRegistered) = "worker.registered" v 1,
+    /// `worker.lost` v1
+    WorkerLost(WorkerLost) = "worker.lost" v 1,
+    /// `worker.heartbeat` v1 (worker reports)
+    WorkerHeartbeat(WorkerHeartbeat) = "worker.heartbeat" v 1,
+    /// `run.reported` v1 (worker reports)
+    RunReported(RunReported) = "run.reported" v 1,
+    /// `device.command` v1
+    DeviceCommand(DeviceCommand) = "device.command" v 1,
+    /// `market.price_observed` v1
+    MarketPriceObserved(MarketPriceObserved) = "market.price_observed" v 1,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, EnvelopeError> {
+    serde_json::from_str(s).map_err(|e| EnvelopeError::InvalidPayload(e.to_string()))
 }
 
 impl EventType {
-    /// All types, for schema export and fixture checks.
-    pub const ALL: [EventType; 7] = [
-        EventType::WorkloadSubmitted,
-        EventType::WorkloadScheduled,
-        EventType::WorkloadStarted,
-        EventType::WorkloadCompleted,
-        EventType::WorkloadFailed,
-        EventType::WorkloadCancelled,
-        EventType::MarketPriceObserved,
-    ];
-
-    /// The wire name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            EventType::WorkloadSubmitted => "workload.submitted",
-            EventType::WorkloadScheduled => "workload.scheduled",
-            EventType::WorkloadStarted => "workload.started",
-            EventType::WorkloadCompleted => "workload.completed",
-            EventType::WorkloadFailed => "workload.failed",
-            EventType::WorkloadCancelled => "workload.cancelled",
-            EventType::MarketPriceObserved => "market.price_observed",
-        }
-    }
-
-    /// The schema version new events of this type are written with.
-    pub const fn current_version(self) -> u16 {
-        match self {
-            EventType::WorkloadSubmitted
-            | EventType::WorkloadScheduled
-            | EventType::WorkloadStarted
-            | EventType::WorkloadCompleted
-            | EventType::WorkloadFailed
-            | EventType::WorkloadCancelled
-            | EventType::MarketPriceObserved => 1,
-        }
-    }
-
     /// Parses a wire name.
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.as_str() == s)
-    }
-
-    /// The JSON Schema of this type's current payload version.
-    pub fn payload_schema(self) -> schemars::Schema {
-        match self {
-            EventType::WorkloadSubmitted => schemars::schema_for!(WorkloadSubmitted),
-            EventType::WorkloadScheduled => schemars::schema_for!(WorkloadScheduled),
-            EventType::WorkloadStarted => schemars::schema_for!(WorkloadStarted),
-            EventType::WorkloadCompleted => schemars::schema_for!(WorkloadCompleted),
-            EventType::WorkloadFailed => schemars::schema_for!(WorkloadFailed),
-            EventType::WorkloadCancelled => schemars::schema_for!(WorkloadCancelled),
-            EventType::MarketPriceObserved => schemars::schema_for!(MarketPriceObserved),
-        }
+        Self::ALL.iter().copied().find(|t| t.as_str() == s)
     }
 }
 
@@ -208,33 +645,6 @@ impl std::fmt::Display for EventType {
 }
 
 impl Event {
-    /// This event's type tag.
-    pub fn event_type(&self) -> EventType {
-        match self {
-            Event::WorkloadSubmitted(_) => EventType::WorkloadSubmitted,
-            Event::WorkloadScheduled(_) => EventType::WorkloadScheduled,
-            Event::WorkloadStarted(_) => EventType::WorkloadStarted,
-            Event::WorkloadCompleted(_) => EventType::WorkloadCompleted,
-            Event::WorkloadFailed(_) => EventType::WorkloadFailed,
-            Event::WorkloadCancelled(_) => EventType::WorkloadCancelled,
-            Event::MarketPriceObserved(_) => EventType::MarketPriceObserved,
-        }
-    }
-
-    /// Serialises the payload alone (the envelope's `payload` field), at the current version.
-    pub fn payload_json(&self) -> Result<Box<serde_json::value::RawValue>, EnvelopeError> {
-        let raw = match self {
-            Event::WorkloadSubmitted(p) => serde_json::value::to_raw_value(p),
-            Event::WorkloadScheduled(p) => serde_json::value::to_raw_value(p),
-            Event::WorkloadStarted(p) => serde_json::value::to_raw_value(p),
-            Event::WorkloadCompleted(p) => serde_json::value::to_raw_value(p),
-            Event::WorkloadFailed(p) => serde_json::value::to_raw_value(p),
-            Event::WorkloadCancelled(p) => serde_json::value::to_raw_value(p),
-            Event::MarketPriceObserved(p) => serde_json::value::to_raw_value(p),
-        };
-        raw.map_err(|e| EnvelopeError::Encode(e.to_string()))
-    }
-
     /// Decodes a payload of the given wire type and version, upcasting old versions to the
     /// current shape. Unknown types and versions are errors, never silently dropped.
     pub fn decode(event_type: &str, version: u16, payload: &str) -> Result<Self, EnvelopeError> {
@@ -246,18 +656,52 @@ impl Event {
                 version,
             });
         }
-        fn parse<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, EnvelopeError> {
-            serde_json::from_str(s).map_err(|e| EnvelopeError::InvalidPayload(e.to_string()))
+        match (ty, version) {
+            (EventType::WorkloadSubmitted, 1) => Ok(Event::WorkloadSubmitted(
+                parse::<WorkloadSubmittedV1>(payload)?.into(),
+            )),
+            _ => Self::decode_current(ty, payload),
         }
-        // Every type is at version 1 today; an upcast for vN arms goes here.
-        Ok(match ty {
-            EventType::WorkloadSubmitted => Event::WorkloadSubmitted(parse(payload)?),
-            EventType::WorkloadScheduled => Event::WorkloadScheduled(parse(payload)?),
-            EventType::WorkloadStarted => Event::WorkloadStarted(parse(payload)?),
-            EventType::WorkloadCompleted => Event::WorkloadCompleted(parse(payload)?),
-            EventType::WorkloadFailed => Event::WorkloadFailed(parse(payload)?),
-            EventType::WorkloadCancelled => Event::WorkloadCancelled(parse(payload)?),
-            EventType::MarketPriceObserved => Event::MarketPriceObserved(parse(payload)?),
+    }
+
+    /// The workload an event concerns, if any.
+    pub fn workload_id(&self) -> Option<Uuid> {
+        Some(match self {
+            Event::WorkloadSubmitted(p) => p.workload_id,
+            Event::WorkloadQueued(p) => p.workload_id,
+            Event::WorkloadPlacementProposed(p) => p.workload_id,
+            Event::WorkloadPlacementRejected(p) => p.workload_id,
+            Event::WorkloadScheduled(p) => p.workload_id,
+            Event::WorkloadStarted(p) => p.workload_id,
+            Event::WorkloadCheckpointed(p) => p.workload_id,
+            Event::WorkloadPaused(p) => p.workload_id,
+            Event::WorkloadResumed(p) => p.workload_id,
+            Event::WorkloadPreempted(p) => p.workload_id,
+            Event::WorkloadRequeued(p) => p.workload_id,
+            Event::WorkloadCompleted(p) => p.workload_id,
+            Event::WorkloadFailed(p) => p.workload_id,
+            Event::WorkloadCancelled(p) => p.workload_id,
+            Event::RunReported(p) => p.workload_id,
+            Event::DeviceCommand(p) => p.workload_id,
+            Event::WorkerRegistered(_)
+            | Event::WorkerLost(_)
+            | Event::WorkerHeartbeat(_)
+            | Event::MarketPriceObserved(_) => return None,
         })
     }
+}
+
+/// The stream id of a workload.
+pub fn workload_stream(workload_id: Uuid) -> String {
+    format!("workload-{workload_id}")
+}
+
+/// The stream id of a worker's resource events.
+pub fn worker_stream(worker_id: &str) -> String {
+    format!("worker-{worker_id}")
+}
+
+/// The stream id of the commands sent to one worker.
+pub fn command_stream(worker_id: &str) -> String {
+    format!("commands-{worker_id}")
 }

@@ -33,7 +33,7 @@ pub fn all() -> Vec<SchemaFile> {
             &schemars::schema_for!(WorkloadRequest),
         ),
     ];
-    for ty in EventType::ALL {
+    for &ty in EventType::ALL {
         files.push(render(
             format!(
                 "events/{}.v{}.schema.json",
@@ -58,7 +58,7 @@ mod tests {
         assert_eq!(names.len(), files.len());
         let submitted = files
             .iter()
-            .find(|f| f.path == "events/workload.submitted.v1.schema.json")
+            .find(|f| f.path == "events/workload.submitted.v2.schema.json")
             .unwrap();
         assert!(submitted.json.contains("\"gpu_count\""));
     }

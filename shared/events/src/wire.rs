@@ -18,13 +18,15 @@ pub enum Topic {
     Decisions,
     /// Commands to devices and workers.
     DeviceCommands,
+    /// Heartbeats and run reports from workers (not stored in the event log).
+    WorkerReports,
     /// Poison messages with the reason they were rejected.
     DeadLetters,
 }
 
 impl Topic {
     /// All topics, in a stable order (used for idempotent creation at startup).
-    pub const ALL: [Topic; 8] = [
+    pub const ALL: [Topic; 9] = [
         Topic::WorkloadRequests,
         Topic::Workloads,
         Topic::Resources,
@@ -32,6 +34,7 @@ impl Topic {
         Topic::Telemetry,
         Topic::Decisions,
         Topic::DeviceCommands,
+        Topic::WorkerReports,
         Topic::DeadLetters,
     ];
 
@@ -45,6 +48,7 @@ impl Topic {
             Topic::Telemetry => "telemetry",
             Topic::Decisions => "decisions",
             Topic::DeviceCommands => "device-commands",
+            Topic::WorkerReports => "worker-reports",
             Topic::DeadLetters => "dead-letters",
         }
     }

@@ -12,11 +12,123 @@ fn sample(ty: EventType) -> Event {
     match ty {
         EventType::WorkloadSubmitted => Event::WorkloadSubmitted(WorkloadSubmitted {
             workload_id,
+            request_id: Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0002),
             tenant_id: "acme".into(),
-            kind: WorkloadKind::BatchInference,
+            tier: Tier::Enterprise,
+            kind: None,
             model: "all-MiniLM-L6-v2".into(),
             gpu_count: 2,
+            gpu_type: Some("H100".into()),
+            gpu_memory_gib: Some(40),
             duration_s: 900,
+            latency_target_ms: Some(50),
+            interruptible: Some(false),
+            deadline: Some(datetime!(2026-11-23 13:00 UTC)),
+            source: SubmissionSource::Kafka,
+        }),
+        EventType::WorkloadQueued => Event::WorkloadQueued(WorkloadQueued {
+            workload_id,
+            kind: WorkloadKind::RealtimeInference,
+            priority: 10,
+            interruptible: false,
+            reason: "inferred from latency_target_ms=50".into(),
+        }),
+        EventType::WorkloadPlacementProposed => {
+            Event::WorkloadPlacementProposed(WorkloadPlacementProposed {
+                workload_id,
+                worker_id: "worker-a".into(),
+                gpu_ids: vec!["worker-a/gpu-0".into(), "worker-a/gpu-1".into()],
+                score: 0.75,
+                attempt: 1,
+            })
+        }
+        EventType::WorkloadPlacementRejected => {
+            Event::WorkloadPlacementRejected(WorkloadPlacementRejected {
+                workload_id,
+                worker_id: "worker-a".into(),
+                reason: "worker-a/gpu-1 is allocated to another workload".into(),
+                retryable: true,
+            })
+        }
+        EventType::WorkloadCheckpointed => Event::WorkloadCheckpointed(WorkloadCheckpointed {
+            workload_id,
+            progress: 0.5,
+        }),
+        EventType::WorkloadPaused => Event::WorkloadPaused(WorkloadPaused {
+            workload_id,
+            requested_by: "tenant:acme".into(),
+        }),
+        EventType::WorkloadResumed => Event::WorkloadResumed(WorkloadResumed {
+            workload_id,
+            requested_by: "tenant:acme".into(),
+        }),
+        EventType::WorkloadPreempted => Event::WorkloadPreempted(WorkloadPreempted {
+            workload_id,
+            for_workload_id: Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0003),
+            reason: "real-time inference could not be placed".into(),
+        }),
+        EventType::WorkloadRequeued => Event::WorkloadRequeued(WorkloadRequeued {
+            workload_id,
+            resume_progress: 0.5,
+            reason: "preempted".into(),
+        }),
+        EventType::WorkerRegistered => Event::WorkerRegistered(WorkerRegistered {
+            worker_id: "worker-a".into(),
+            site: "west-1".into(),
+            backend: "sim".into(),
+            gpus: vec![GpuSpec {
+                gpu_id: "worker-a/gpu-0".into(),
+                model: "H100".into(),
+                memory_mib: 81_559,
+            }],
+        }),
+        EventType::WorkerLost => Event::WorkerLost(WorkerLost {
+            worker_id: "worker-a".into(),
+            silent_for_s: 12.5,
+        }),
+        EventType::WorkerHeartbeat => Event::WorkerHeartbeat(WorkerHeartbeat {
+            worker_id: "worker-a".into(),
+            site: "west-1".into(),
+            backend: "sim".into(),
+            gpus: vec![GpuSpec {
+                gpu_id: "worker-a/gpu-0".into(),
+                model: "H100".into(),
+                memory_mib: 81_559,
+            }],
+            running: vec![workload_id],
+            samples: vec![GpuSample {
+                gpu_id: "worker-a/gpu-0".into(),
+                utilization_pct: 97.5,
+                memory_used_mib: 40_000,
+                power_w: 650.0,
+                temperature_c: 71.0,
+            }],
+        }),
+        EventType::RunReported => Event::RunReported(RunReported {
+            workload_id,
+            worker_id: "worker-a".into(),
+            status: RunStatus::Started,
+            progress: 0.0,
+            runtime_s: 0.0,
+            detail: None,
+            switch: Some(ModelSwitch {
+                model: "all-MiniLM-L6-v2".into(),
+                resident: false,
+                load_ms: 850.0,
+                bind_ms: 2.5,
+                first_batch_ms: 12.0,
+            }),
+        }),
+        EventType::DeviceCommand => Event::DeviceCommand(DeviceCommand {
+            command_id: Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0004),
+            worker_id: "worker-a".into(),
+            workload_id,
+            action: CommandAction::Start {
+                model: "all-MiniLM-L6-v2".into(),
+                gpu_ids: vec!["worker-a/gpu-0".into()],
+                duration_s: 900,
+                resume_progress: 0.5,
+            },
         }),
         EventType::WorkloadScheduled => Event::WorkloadScheduled(WorkloadScheduled {
             workload_id,
@@ -68,7 +180,7 @@ fn fixture_path(ty: EventType, version: u16) -> std::path::PathBuf {
 #[test]
 fn every_current_version_matches_its_golden_fixture() {
     let bless = std::env::var_os("HCP_BLESS").is_some();
-    for ty in EventType::ALL {
+    for &ty in EventType::ALL {
         let path = fixture_path(ty, ty.current_version());
         let value: serde_json::Value =
             serde_json::from_slice(&envelope(ty).to_json().unwrap()).unwrap();

@@ -1,97 +1,24 @@
-//! The spine's read models. Each is a [`Projection`]: applied live by the transactional
+//! Read models shared by the gateway and the operator CLI. Each is a [`Projection`]: applied live by the transactional
 //! consumer and rebuilt offline by replaying the log, with identical results.
 
 use hcp_db::sqlx::{self, PgConnection};
 use hcp_db::{ApplyError, Projection};
 use hcp_events::{Envelope, Event};
-use uuid::Uuid;
-
-/// Lifecycle states shown on the board.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BoardState {
-    /// Accepted, waiting for placement.
-    Queued,
-    /// Placed on GPUs.
-    Scheduled,
-    /// Running.
-    Running,
-    /// Finished.
-    Completed,
-    /// Failed.
-    Failed,
-    /// Cancelled.
-    Cancelled,
-}
-
-impl BoardState {
-    /// Column value.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            BoardState::Queued => "queued",
-            BoardState::Scheduled => "scheduled",
-            BoardState::Running => "running",
-            BoardState::Completed => "completed",
-            BoardState::Failed => "failed",
-            BoardState::Cancelled => "cancelled",
-        }
-    }
-
-    /// Every state.
-    pub const ALL: [BoardState; 6] = [
-        Self::Queued,
-        Self::Scheduled,
-        Self::Running,
-        Self::Completed,
-        Self::Failed,
-        Self::Cancelled,
-    ];
-
-    fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|x| x.as_str() == s)
-    }
-
-    /// Whether no further transition is possible.
-    pub const fn is_terminal(self) -> bool {
-        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
-    }
-}
-
-/// The transition an event asks for from `from`, or why it is refused. Pure, so the state
-/// machine is unit-tested without a database.
-pub fn transition(from: BoardState, event: &Event) -> Result<BoardState, String> {
-    use BoardState::*;
-    let to = match event {
-        Event::WorkloadScheduled(_) if from == Queued => Scheduled,
-        Event::WorkloadStarted(_) if from == Scheduled => Running,
-        Event::WorkloadCompleted(_) if from == Running => Completed,
-        Event::WorkloadFailed(_) if !from.is_terminal() => Failed,
-        Event::WorkloadCancelled(_) if !from.is_terminal() => Cancelled,
-        other => {
-            return Err(format!(
-                "{} is not allowed in state {}",
-                other.event_type(),
-                from.as_str()
-            ))
-        }
-    };
-    Ok(to)
-}
-
-fn workload_of(event: &Event) -> Option<Uuid> {
-    match event {
-        Event::WorkloadSubmitted(p) => Some(p.workload_id),
-        Event::WorkloadScheduled(p) => Some(p.workload_id),
-        Event::WorkloadStarted(p) => Some(p.workload_id),
-        Event::WorkloadCompleted(p) => Some(p.workload_id),
-        Event::WorkloadFailed(p) => Some(p.workload_id),
-        Event::WorkloadCancelled(p) => Some(p.workload_id),
-        Event::MarketPriceObserved(_) => None,
-    }
-}
+use hcp_domain::{transition, WorkloadState};
 
 fn detail_of(event: &Event) -> Option<String> {
     match event {
+        Event::WorkloadQueued(p) => Some(format!("priority {}: {}", p.priority, p.reason)),
+        Event::WorkloadPlacementRejected(p) => {
+            Some(format!("placement on {} refused: {}", p.worker_id, p.reason))
+        }
         Event::WorkloadScheduled(p) => Some(format!("{}:{}", p.worker_id, p.gpu_ids.join(","))),
+        Event::WorkloadPreempted(p) => Some(format!("preempted for {}", p.for_workload_id)),
+        Event::WorkloadRequeued(p) => Some(format!(
+            "requeued at {:.0}%: {}",
+            p.resume_progress * 100.0,
+            p.reason
+        )),
         Event::WorkloadFailed(p) => Some(p.reason.clone()),
         Event::WorkloadCancelled(p) => Some(format!("cancelled by {}", p.requested_by)),
         _ => None,
@@ -128,7 +55,7 @@ impl Projection for WorkloadBoard {
     }
 
     async fn apply(&self, tx: &mut PgConnection, e: &Envelope) -> Result<(), ApplyError> {
-        let Some(workload_id) = workload_of(&e.payload) else {
+        let Some(workload_id) = e.payload.workload_id() else {
             return Ok(());
         };
         if let Event::WorkloadSubmitted(p) = &e.payload {
@@ -141,9 +68,10 @@ impl Projection for WorkloadBoard {
             .bind(workload_id)
             .bind(&p.tenant_id)
             .bind(
-                serde_json::to_value(p.kind)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned)),
+                p.kind
+                    .and_then(|k| serde_json::to_value(k).ok())
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "unclassified".into()),
             )
             .bind(&p.model)
             .bind(i32::try_from(p.gpu_count).unwrap_or(i32::MAX))
@@ -161,22 +89,32 @@ impl Projection for WorkloadBoard {
         }
         // One round trip: the update only matches a row in a state the event may leave. The
         // allowed states come from the pure `transition` function.
-        let allowed: Vec<BoardState> = BoardState::ALL
+        if matches!(
+            e.payload,
+            Event::RunReported(_) | Event::DeviceCommand(_) | Event::WorkerHeartbeat(_)
+        ) {
+            return Ok(());
+        }
+        let allowed: Vec<WorkloadState> = WorkloadState::ALL
             .into_iter()
-            .filter(|from| transition(*from, &e.payload).is_ok())
+            .filter(|from| transition(Some(*from), &e.payload).is_ok())
             .collect();
-        let to = allowed
-            .first()
-            .and_then(|from| transition(*from, &e.payload).ok());
+        // Events that keep the state (queued → queued, checkpointed) update it to itself.
+        let to = |from: WorkloadState| transition(Some(from), &e.payload).ok();
+        let fixed = allowed.first().and_then(|f| to(*f)).filter(|t| {
+            allowed.iter().all(|f| to(*f) == Some(*t))
+        });
         let from_names: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
-        let updated = match to {
-            Some(to) => sqlx::query(
-                "UPDATE workload_board SET state = $2, detail = COALESCE($3, detail), \
+        let updated = match (fixed, allowed.is_empty()) {
+            (_, true) => 0,
+            (target, false) => sqlx::query(
+                "UPDATE workload_board SET state = COALESCE($2, state), \
+                     detail = COALESCE($3, detail), \
                      events_seen = events_seen + 1, last_sequence = $4, updated_at = $5 \
                  WHERE workload_id = $1 AND state = ANY($6)",
             )
             .bind(workload_id)
-            .bind(to.as_str())
+            .bind(target.map(|t| t.as_str()))
             .bind(detail_of(&e.payload))
             .bind(e.sequence)
             .bind(e.occurred_at)
@@ -184,7 +122,6 @@ impl Projection for WorkloadBoard {
             .execute(&mut *tx)
             .await?
             .rows_affected(),
-            None => 0,
         };
         if updated == 1 {
             return Ok(());
@@ -195,11 +132,12 @@ impl Projection for WorkloadBoard {
                 .bind(workload_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let reason = match state.as_deref().and_then(BoardState::parse) {
+        let reason = match state.as_deref().and_then(WorkloadState::parse) {
             None => format!("{} for unknown workload {workload_id}", e.event_type()),
-            Some(from) => transition(from, &e.payload).err().unwrap_or_else(|| {
-                format!("{} refused in state {}", e.event_type(), from.as_str())
-            }),
+            Some(from) => transition(Some(from), &e.payload)
+                .err()
+                .map(|err| err.to_string())
+                .unwrap_or_else(|| format!("{} refused in state {from}", e.event_type())),
         };
         Err(ApplyError::Poison(reason))
     }
@@ -268,60 +206,5 @@ impl Projection for MarketPrices {
             .execute(tx)
             .await
             .map(|_| ())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use hcp_events::payload::*;
-
-    fn id() -> Uuid {
-        Uuid::nil()
-    }
-
-    #[test]
-    fn given_a_queued_workload_when_scheduled_then_it_is_scheduled() {
-        let e = Event::WorkloadScheduled(WorkloadScheduled {
-            workload_id: id(),
-            worker_id: "w".into(),
-            gpu_ids: vec![],
-        });
-        assert_eq!(
-            transition(BoardState::Queued, &e),
-            Ok(BoardState::Scheduled)
-        );
-    }
-
-    #[test]
-    fn given_a_queued_workload_when_completed_then_the_transition_is_refused() {
-        let e = Event::WorkloadCompleted(WorkloadCompleted {
-            workload_id: id(),
-            runtime_s: 1.0,
-        });
-        let err = transition(BoardState::Queued, &e).unwrap_err();
-        assert!(
-            err.contains("workload.completed is not allowed in state queued"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn given_a_terminal_workload_when_cancelled_then_the_transition_is_refused() {
-        let e = Event::WorkloadCancelled(WorkloadCancelled {
-            workload_id: id(),
-            requested_by: "t".into(),
-        });
-        for s in [
-            BoardState::Completed,
-            BoardState::Failed,
-            BoardState::Cancelled,
-        ] {
-            assert!(transition(s, &e).is_err());
-        }
-        assert_eq!(
-            transition(BoardState::Running, &e),
-            Ok(BoardState::Cancelled)
-        );
     }
 }
