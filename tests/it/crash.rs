@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use hcp_bus::transactional::KafkaOutboxSink;
 use hcp_bus::Producer;
-use hcp_readmodel::WorkloadBoard;
 use hcp_db::sqlx;
 use hcp_db::{
     EventStore, ExpectedVersion, OutboxMessage, OutboxRelay, OutboxSink, Publish, RelaySettings,
 };
 use hcp_events::Topic;
+use hcp_readmodel::WorkloadBoard;
 use hcp_tests::fixtures::{lifecycle, start_consumer, start_relay};
 use hcp_tests::{count_messages, kill_hard, wait_until, TestEnv};
 use uuid::Uuid;

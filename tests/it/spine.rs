@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use hcp_bus::OutgoingMessage;
-use hcp_readmodel::{MarketPrices, WorkloadBoard};
 use hcp_db::sqlx::{self, PgConnection};
 use hcp_db::{ApplyError, EventStore, ExpectedVersion, Projection, Publish, StoreError};
 use hcp_events::payload::*;
 use hcp_events::{headers, Envelope, Event, Topic};
+use hcp_readmodel::{MarketPrices, WorkloadBoard};
 use hcp_tests::fixtures::{lifecycle, start_consumer, start_relay};
 use hcp_tests::{key_of, read_topic, wait_until, TestEnv};
 use rdkafka::message::{Headers, Message};

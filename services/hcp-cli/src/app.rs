@@ -15,8 +15,8 @@ use hcp_telemetry::{AdminServer, Readiness};
 use tokio::task::JoinSet;
 
 use crate::generator;
-use hcp_readmodel::{MarketPrices, WorkloadBoard};
 use crate::settings::Settings;
+use hcp_readmodel::{MarketPrices, WorkloadBoard};
 
 /// Which parts to run (the `hcp spine` flags; tests run parts in separate processes).
 #[derive(Debug, Clone, Copy)]

@@ -22,8 +22,8 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use hcp_readmodel::WorkloadBoard;
 use crate::settings::Settings;
+use hcp_readmodel::WorkloadBoard;
 
 /// Bench sizes.
 #[derive(Debug, Clone, Copy)]

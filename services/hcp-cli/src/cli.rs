@@ -10,8 +10,8 @@ use hcp_db::EventStore;
 use hcp_runtime::Shutdown;
 
 use crate::app::{self, Application, Roles};
-use hcp_readmodel::{MarketPrices, WorkloadBoard};
 use crate::settings::Settings;
+use hcp_readmodel::{MarketPrices, WorkloadBoard};
 
 /// HCP operator tool.
 #[derive(Debug, Parser)]

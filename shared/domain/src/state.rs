@@ -253,7 +253,10 @@ mod tests {
     #[test]
     fn invalid_transitions_name_the_state_and_the_event() {
         let err = transition(Some(WorkloadState::Queued), &completed()).unwrap_err();
-        assert_eq!(err.to_string(), "workload.completed is not allowed in state queued");
+        assert_eq!(
+            err.to_string(),
+            "workload.completed is not allowed in state queued"
+        );
         assert!(transition(None, &started()).is_err());
         assert!(transition(Some(WorkloadState::Queued), &submitted()).is_err());
     }
@@ -261,7 +264,10 @@ mod tests {
     #[test]
     fn cancel_is_allowed_in_every_live_state() {
         for s in WorkloadState::ALL.into_iter().filter(|s| !s.is_terminal()) {
-            assert_eq!(transition(Some(s), &cancelled()), Ok(WorkloadState::Cancelled));
+            assert_eq!(
+                transition(Some(s), &cancelled()),
+                Ok(WorkloadState::Cancelled)
+            );
         }
     }
 }

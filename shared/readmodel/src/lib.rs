@@ -3,15 +3,16 @@
 
 use hcp_db::sqlx::{self, PgConnection};
 use hcp_db::{ApplyError, Projection};
-use hcp_events::{Envelope, Event};
 use hcp_domain::{transition, WorkloadState};
+use hcp_events::{Envelope, Event};
 
 fn detail_of(event: &Event) -> Option<String> {
     match event {
         Event::WorkloadQueued(p) => Some(format!("priority {}: {}", p.priority, p.reason)),
-        Event::WorkloadPlacementRejected(p) => {
-            Some(format!("placement on {} refused: {}", p.worker_id, p.reason))
-        }
+        Event::WorkloadPlacementRejected(p) => Some(format!(
+            "placement on {} refused: {}",
+            p.worker_id, p.reason
+        )),
         Event::WorkloadScheduled(p) => Some(format!("{}:{}", p.worker_id, p.gpu_ids.join(","))),
         Event::WorkloadPreempted(p) => Some(format!("preempted for {}", p.for_workload_id)),
         Event::WorkloadRequeued(p) => Some(format!(
@@ -101,9 +102,10 @@ impl Projection for WorkloadBoard {
             .collect();
         // Events that keep the state (queued → queued, checkpointed) update it to itself.
         let to = |from: WorkloadState| transition(Some(from), &e.payload).ok();
-        let fixed = allowed.first().and_then(|f| to(*f)).filter(|t| {
-            allowed.iter().all(|f| to(*f) == Some(*t))
-        });
+        let fixed = allowed
+            .first()
+            .and_then(|f| to(*f))
+            .filter(|t| allowed.iter().all(|f| to(*f) == Some(*t)));
         let from_names: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
         let updated = match (fixed, allowed.is_empty()) {
             (_, true) => 0,

@@ -14,7 +14,16 @@ pub struct ConfigError(String);
 /// Loads settings of type `T`: `defaults` (TOML text compiled into the binary), then the file
 /// named by `HCP_CONFIG` if set, then `HCP_*` environment variables.
 pub fn load<T: DeserializeOwned>(defaults: &str) -> Result<T, ConfigError> {
-    let mut figment = Figment::new().merge(Toml::string(defaults));
+    load_layered(&[defaults])
+}
+
+/// Like [`load`], with several compiled-in default layers merged in order (the common
+/// defaults, then a service's own).
+pub fn load_layered<T: DeserializeOwned>(defaults: &[&str]) -> Result<T, ConfigError> {
+    let mut figment = Figment::new();
+    for layer in defaults {
+        figment = figment.merge(Toml::string(layer));
+    }
     if let Ok(path) = std::env::var("HCP_CONFIG") {
         if !std::path::Path::new(&path).exists() {
             return Err(ConfigError(format!(

@@ -4,5 +4,5 @@
 pub mod config;
 pub mod shutdown;
 
-pub use config::{load, ConfigError};
+pub use config::{load, load_layered, ConfigError};
 pub use shutdown::{Shutdown, ShutdownGuard};

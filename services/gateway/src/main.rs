@@ -1,0 +1,3 @@
+//! `hcp-gateway`: see the crate docs.
+
+fn main() {}

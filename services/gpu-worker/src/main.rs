@@ -1,0 +1,3 @@
+//! `hcp-gpu-worker`: see the crate docs.
+
+fn main() {}

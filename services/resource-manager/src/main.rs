@@ -1,0 +1,3 @@
+//! `hcp-resource-manager`: see the crate docs.
+
+fn main() {}

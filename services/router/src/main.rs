@@ -1,0 +1,3 @@
+//! `hcp-router`: see the crate docs.
+
+fn main() {}
