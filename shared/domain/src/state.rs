@@ -133,7 +133,8 @@ pub fn transition(
         Event::WorkloadRequeued(_) if matches!(from, Scheduled | Running | Paused | Preempted) => {
             Queued
         }
-        Event::WorkloadCompleted(_) if from == Running => Completed,
+        // A run may finish before the checkpointing stop of a preemption reaches it.
+        Event::WorkloadCompleted(_) if matches!(from, Running | Preempted) => Completed,
         Event::WorkloadFailed(_) | Event::WorkloadCancelled(_) if !from.is_terminal() => {
             if matches!(event, Event::WorkloadFailed(_)) {
                 Failed

@@ -701,6 +701,12 @@ pub fn worker_stream(worker_id: &str) -> String {
     format!("worker-{worker_id}")
 }
 
+/// The stream id of a worker's reports (heartbeats, run reports) on `worker-reports`. These are
+/// not in the event log; their sequence is the worker's monotonic clock in microseconds.
+pub fn report_stream(worker_id: &str) -> String {
+    format!("reports-{worker_id}")
+}
+
 /// The stream id of the commands sent to one worker.
 pub fn command_stream(worker_id: &str) -> String {
     format!("commands-{worker_id}")
