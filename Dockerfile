@@ -1,5 +1,6 @@
-# HCP services image: one multi-stage build produces the single `hcp` binary
-# (crate hcp-cli); every compose service runs it with a different subcommand.
+# HCP services image: one multi-stage build produces every HCP binary (`hcp`,
+# `hcp-gateway`, `hcp-router`, `hcp-resource-manager`, `hcp-gpu-worker`,
+# `hcp-workload-gen`); each compose service runs one of them.
 
 ############################
 # Builder
@@ -20,8 +21,10 @@ ENV CARGO_TERM_COLOR=never \
 
 COPY . .
 
-RUN cargo build --release --locked -p hcp-cli \
-    && install -D -m 0755 target/release/hcp /out/hcp
+RUN cargo build --release --locked --workspace --bins \
+    && for b in hcp hcp-gateway hcp-router hcp-resource-manager hcp-gpu-worker hcp-workload-gen; do \
+         install -D -m 0755 "target/release/$b" "/out/$b"; \
+       done
 
 ############################
 # Runtime
@@ -37,7 +40,7 @@ RUN groupadd --system --gid 10001 hcp \
     && useradd --system --uid 10001 --gid hcp --home-dir /nonexistent \
        --no-create-home --shell /usr/sbin/nologin hcp
 
-COPY --from=builder /out/hcp /usr/local/bin/hcp
+COPY --from=builder /out/ /usr/local/bin/
 
 USER hcp:hcp
 WORKDIR /tmp
@@ -45,5 +48,4 @@ WORKDIR /tmp
 # Admin port: /metrics, /health, /ready.
 EXPOSE 9100
 
-ENTRYPOINT ["/usr/local/bin/hcp"]
-CMD ["spine"]
+CMD ["hcp", "spine"]

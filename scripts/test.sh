@@ -16,6 +16,9 @@ psql "$HCP_TEST_DATABASE_URL" -Atc \
     [[ -n "$db" ]] && psql "$HCP_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\"" >/dev/null
   done
 
+echo "==> building the service binaries (the end-to-end tests start them as processes)"
+cargo build --workspace --bins --locked
+
 echo "==> cargo test"
 cargo test --workspace --locked --no-fail-fast
 

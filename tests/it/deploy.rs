@@ -29,6 +29,10 @@ fn the_compose_file_is_valid_and_runs_the_whole_stack_on_loopback() {
         "grafana:",
         "hcp-migrate:",
         "hcp-spine:",
+        "hcp-gateway:",
+        "hcp-router:",
+        "hcp-resource-manager:",
+        "hcp-gpu-worker:",
     ] {
         assert!(
             config.contains(&format!("\n  {service}")),

@@ -110,7 +110,13 @@ async fn events_appended_in_one_transaction_are_published_in_order_and_projected
         header(first, headers::EVENT_TYPE),
         Some("workload.submitted")
     );
-    assert_eq!(header(first, headers::SCHEMA_VERSION), Some("1"));
+    let version = hcp_events::EventType::WorkloadSubmitted
+        .current_version()
+        .to_string();
+    assert_eq!(
+        header(first, headers::SCHEMA_VERSION),
+        Some(version.as_str())
+    );
 
     assert!(
         wait_until(WAIT, POLL, || async {

@@ -8,6 +8,7 @@
 // A test harness: failing loudly with a message is the point.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+pub mod cluster;
 pub mod fixtures;
 
 use std::future::Future;

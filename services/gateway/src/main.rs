@@ -1,3 +1,12 @@
-//! `hcp-gateway`: see the crate docs.
+//! `hcp-gateway`: the REST API and Kafka intake (see the crate docs). Settings: the common
+//! defaults, `services/gateway/config.toml`, then `HCP_CONFIG`, then `HCP_*` variables.
 
-fn main() {}
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    hcp_service::main(
+        hcp_gateway::SERVICE_NAME,
+        &[hcp_gateway::config::DEFAULTS],
+        hcp_gateway::build,
+    )
+    .await
+}

@@ -83,6 +83,8 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Backtest the decision policies on a market trace against the hindsight optimum.
+    Backtest(Box<crate::backtest::BacktestArgs>),
     /// Write the JSON Schemas of every external-facing message.
     Schemas {
         /// Output directory.
@@ -101,6 +103,11 @@ pub async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Command::Schemas { out: dir } = &cli.command {
         return write_schemas(dir);
+    }
+    if let Command::Backtest(args) = cli.command {
+        return tokio::task::spawn_blocking(move || crate::backtest::run(*args))
+            .await
+            .context("backtest thread failed")?;
     }
     let settings = Settings::load()?;
     let _telemetry = hcp_telemetry::init_tracing(&settings.service_name, &settings.telemetry)?;
@@ -202,7 +209,7 @@ pub async fn main() -> anyhow::Result<()> {
                 out(&format!("| {k} | {v} |"))?;
             }
         }
-        Command::Schemas { .. } => {}
+        Command::Schemas { .. } | Command::Backtest(_) => {}
     }
     Ok(())
 }

@@ -5,9 +5,11 @@
 //! - read models (workload board, market prices) live in `hcp-readmodel`;
 //! - [`generator`]: the demo load (workload lifecycles and replayed ERCOT prices);
 //! - [`app`]: wiring relay, consumers and admin server into one runnable application;
+//! - [`backtest`]: `hcp backtest`, policies against the hindsight optimum on a market trace;
 //! - [`cli`]: the command line.
 
 pub mod app;
+pub mod backtest;
 pub mod bench;
 pub mod cli;
 pub mod generator;

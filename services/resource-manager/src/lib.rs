@@ -1,1 +1,41 @@
-//! hcp-resource-manager: Single writer of GPU allocations per pool: inventory from heartbeats, allocation, release, health, device commands.
+//! hcp-resource-manager: the single writer of GPU allocations per pool (ADR 0004). It keeps
+//! the worker inventory and health from heartbeats, answers placement proposals under the
+//! pool's advisory lock (`workload.scheduled` plus a start command, or
+//! `workload.placement_rejected`), turns run reports into workload events, releases GPUs,
+//! sends device commands for cancel, pause, resume and preemption, and requeues the work of
+//! silent or restarted workers from their last checkpoint.
+//!
+//! - [`domain`]: the decisions, pure;
+//! - [`repo`]: the SQL of its tables;
+//! - [`projection`]: the consumer-side projection ([`ResourceManager`]);
+//! - [`health`]: the periodic sweep ([`HealthSweep`]).
+
+pub mod config;
+pub mod domain;
+pub mod health;
+pub mod metrics;
+pub mod projection;
+pub mod repo;
+
+pub use config::{RmSettings, Settings, DEFAULTS};
+pub use health::HealthSweep;
+pub use projection::{ResourceManager, Topics, PRODUCER};
+
+use hcp_events::Topic;
+use hcp_service::ServiceContext;
+
+/// Adds the resource-manager's tasks to a started service: the consumer of `workloads` and
+/// `worker-reports`, and the health sweep.
+pub fn start(settings: &Settings, ctx: &mut ServiceContext) -> anyhow::Result<()> {
+    metrics::describe();
+    let topics = Topics::new(ctx.kafka());
+    let rm = &settings.resource_manager;
+    ctx.spawn_consumer(
+        ResourceManager::new(topics.clone(), rm.clone()),
+        &[Topic::Workloads, Topic::WorkerReports],
+    )?;
+    let sweep = HealthSweep::new(ctx.pool().clone(), topics, rm.clone());
+    let token = ctx.token();
+    ctx.spawn("health sweep", sweep.run(token));
+    Ok(())
+}

@@ -1,1 +1,48 @@
-//! hcp-router: Classifies workloads, keeps the 10-level priority queue and proposes gang placements (with preemption) to the resource-manager.
+//! hcp-router: classifies workloads, keeps the 10-level priority queue and proposes gang
+//! placements (with preemption) to the resource-manager (ADR 0004, steps 2, 3 and 7).
+//!
+//! - [`projection`]: the `router` projection over `workloads` + `resources`; classifies each
+//!   submission in the consumer's transaction (`workload.queued` or `workload.failed`),
+//!   tracks workers, GPUs and holdings, feeds the circuit breakers, and fails workloads whose
+//!   placement was refused too often;
+//! - [`placer`]: the placement loop (proposals, deadlines, preemption);
+//! - [`repo`]: the SQL; [`config`]: settings; [`metrics`]: metric names.
+//!
+//! The scheduling rules themselves are pure and live in `hcp-domain`.
+
+pub mod config;
+pub mod metrics;
+pub mod placer;
+pub mod projection;
+pub mod repo;
+
+use std::sync::Arc;
+
+use hcp_events::Topic;
+use hcp_service::ServiceContext;
+use tokio::sync::Notify;
+
+pub use config::{RouterConfig, Settings};
+pub use placer::Placer;
+pub use projection::RouterProjection;
+
+/// The `producer` of the events the router appends.
+pub const PRODUCER: &str = "router";
+
+/// The topics the router's projection consumes.
+pub const TOPICS: [Topic; 2] = [Topic::Workloads, Topic::Resources];
+
+/// Adds the router's consumer and placement loop to a started service.
+pub async fn start(settings: Settings, mut ctx: ServiceContext) -> anyhow::Result<ServiceContext> {
+    metrics::describe();
+    let config = Arc::new(settings.router);
+    let wake = Arc::new(Notify::new());
+    let topic = ctx.topic(Topic::Workloads);
+    ctx.spawn_consumer(
+        RouterProjection::new(config.clone(), topic.clone(), wake.clone()),
+        &TOPICS,
+    )?;
+    let placer = Placer::new(ctx.pool().clone(), config, topic, wake);
+    ctx.spawn("placement loop", placer.run(ctx.token()));
+    Ok(ctx)
+}

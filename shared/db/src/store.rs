@@ -366,6 +366,21 @@ impl EventStore {
     }
 }
 
+/// Reads a whole stream in sequence order on a given connection, so that a decision taken
+/// inside a transaction (a projection that appends) sees the stream as that transaction does.
+pub async fn read_stream_on(
+    conn: &mut PgConnection,
+    stream_id: &str,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let rows: Vec<EventRow> = sqlx::query_as(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events e WHERE e.stream_id = $1 ORDER BY e.stream_sequence"
+    ))
+    .bind(stream_id)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter().map(EventRow::into_recorded).collect()
+}
+
 /// Reads the global log on a given connection (used by replay inside its transaction).
 pub(crate) async fn read_all_on(
     conn: &mut PgConnection,

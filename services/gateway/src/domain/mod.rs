@@ -1,0 +1,6 @@
+//! The gateway's pure rules: no I/O, unit-tested without a runtime.
+
+pub mod cursor;
+pub mod eta;
+pub mod keys;
+pub mod rate_limit;

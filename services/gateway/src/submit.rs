@@ -1,0 +1,143 @@
+//! The one submission path, shared by REST and the Kafka intake: in the caller's transaction,
+//! claim `(tenant, idempotency key) → workload id`, then append `workload.submitted` to the new
+//! stream `workload-<id>` (`ExpectedVersion::NoStream`), published to `workloads` with the
+//! current trace context. A replay of an accepted request appends nothing.
+
+use hcp_db::{EventStore, ExpectedVersion, Publish, StoreError};
+use hcp_events::payload::{SubmissionSource, WorkloadSubmitted};
+use hcp_events::{workload_stream, Envelope, Event, Tier, WorkloadRequest};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::domain::keys;
+use crate::repo::{self, KeyClaim};
+
+/// The producer name on the gateway's events.
+pub const PRODUCER: &str = "hcp-gateway";
+
+/// A validated request, ready to be recorded.
+#[derive(Debug, Clone)]
+pub struct Submission<'a> {
+    /// The request (tenant id set, validated).
+    pub request: &'a WorkloadRequest,
+    /// The tenant's tier now.
+    pub tier: Tier,
+    /// REST or Kafka.
+    pub source: SubmissionSource,
+    /// The idempotency key within the tenant, if any.
+    pub idempotency_key: Option<&'a str>,
+    /// SHA-256 of the request as the client sent it: tells a replay from a reused key.
+    pub fingerprint: [u8; 32],
+}
+
+/// What a submission did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// A new workload.
+    Created(Uuid),
+    /// The same request was accepted before, as this workload; nothing was appended.
+    Replayed(Uuid),
+}
+
+impl Submitted {
+    /// The workload either way.
+    pub fn workload_id(self) -> Uuid {
+        match self {
+            Submitted::Created(id) | Submitted::Replayed(id) => id,
+        }
+    }
+}
+
+/// Why a submission was not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The key was used for a different request: the client must pick a new key.
+    #[error(
+        "idempotency key `{key}` was already used for a different request (workload {workload_id})"
+    )]
+    KeyReused {
+        /// The key.
+        key: String,
+        /// The workload the key belongs to.
+        workload_id: Uuid,
+    },
+    /// The event store failed (transient: retry).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The database failed (transient: retry).
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Wire value of a source (also the `source` metric label).
+pub const fn source_str(source: SubmissionSource) -> &'static str {
+    match source {
+        SubmissionSource::Rest => "rest",
+        SubmissionSource::Kafka => "kafka",
+    }
+}
+
+/// The fingerprint of a request: SHA-256 of its canonical JSON.
+pub fn fingerprint(request: &WorkloadRequest) -> [u8; 32] {
+    // Serialising a struct of plain fields cannot fail; an empty fingerprint would only make
+    // every replay look like a reused key, never accept a different request as a replay.
+    keys::fingerprint(&serde_json::to_vec(request).unwrap_or_default())
+}
+
+/// Records a submission inside `tx` (see the module docs). The caller commits.
+#[tracing::instrument(skip_all, fields(tenant_id = %s.request.tenant_id, source = source_str(s.source)))]
+pub async fn submit(
+    tx: &mut PgConnection,
+    s: &Submission<'_>,
+    workloads_topic: &str,
+) -> Result<Submitted, SubmitError> {
+    let workload_id = Uuid::now_v7();
+    if let Some(key) = s.idempotency_key {
+        let claim = repo::claim_idempotency_key(
+            tx,
+            &s.request.tenant_id,
+            key,
+            workload_id,
+            &s.fingerprint,
+            source_str(s.source),
+        )
+        .await?;
+        if let KeyClaim::Existing {
+            workload_id,
+            request_hash,
+        } = claim
+        {
+            return if request_hash == s.fingerprint {
+                Ok(Submitted::Replayed(workload_id))
+            } else {
+                Err(SubmitError::KeyReused {
+                    key: key.to_owned(),
+                    workload_id,
+                })
+            };
+        }
+    }
+    let mut request = s.request.clone();
+    if request.request_id.is_nil() {
+        request.request_id = workload_id;
+    }
+    let event = Event::WorkloadSubmitted(WorkloadSubmitted::from_request(
+        workload_id,
+        &request,
+        s.tier,
+        s.source,
+    ));
+    let stream = workload_stream(workload_id);
+    let envelope = Envelope::new(stream.clone(), PRODUCER, event);
+    let (traceparent, tracestate) = hcp_bus::trace::current_trace_headers();
+    EventStore::append(
+        tx,
+        &stream,
+        ExpectedVersion::NoStream,
+        &[envelope],
+        &Publish::to(workloads_topic).with_trace(traceparent, tracestate),
+    )
+    .await?;
+    tracing::info!(workload_id = %workload_id, "workload submitted");
+    Ok(Submitted::Created(workload_id))
+}

@@ -1,0 +1,564 @@
+//! The worker process: one or more workers (each a [`Backend`]) sharing one command consumer
+//! and one idempotent producer. It consumes `device-commands` with a plain consumer (group
+//! `<namespace>.gpu-worker.<base id>`), obeys commands for its own worker ids once each, advances
+//! runs every tick, and produces run reports and heartbeats straight to `worker-reports` (stream
+//! `reports-<worker>`, sequence = a strictly increasing µs clock). No database.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use hcp_bus::{BusError, KafkaSettings, OutgoingMessage, Producer};
+use hcp_events::payload::{CommandAction, DeviceCommand, RunReported, RunStatus, WorkerHeartbeat};
+use hcp_events::{headers, report_stream, Envelope, Event, Topic};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::backend::sim::SimBackend;
+use crate::backend::{Backend, BackendError, RunUpdate, StartRun};
+use crate::clock::MicrosClock;
+use crate::commands::{CommandFilter, Verdict};
+use crate::config::WorkerSettings;
+use crate::metrics as m;
+
+/// The `producer` of every envelope a worker sends.
+pub const PRODUCER: &str = "gpu-worker";
+
+/// How many obeyed command ids are remembered per process.
+const DEDUP_CAPACITY: usize = 100_000;
+
+/// Why the worker process stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Kafka clients could not be created or subscribed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// The consumer failed to subscribe.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+/// The command a run answers to: its reports carry its id as causation, its correlation and
+/// its trace.
+#[derive(Debug, Clone)]
+struct Cause {
+    event_id: Uuid,
+    correlation_id: Uuid,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+}
+
+#[derive(Debug)]
+struct Worker<B> {
+    id: String,
+    backend: B,
+    causes: HashMap<Uuid, Cause>,
+}
+
+/// A report or heartbeat waiting to be produced.
+#[derive(Debug)]
+struct Pending {
+    envelope: Envelope,
+    cause: Option<Cause>,
+    /// Heartbeats are dropped when a send fails (the next one supersedes them); run reports
+    /// are retried.
+    retry: bool,
+}
+
+/// The workers of one process.
+#[derive(Debug)]
+pub struct WorkerNode<B> {
+    settings: WorkerSettings,
+    kafka: KafkaSettings,
+    workers: Vec<Worker<B>>,
+    clock: MicrosClock,
+}
+
+impl WorkerNode<SimBackend> {
+    /// `settings.count` simulated workers.
+    pub fn simulated(settings: WorkerSettings, kafka: KafkaSettings) -> Self {
+        let backends = settings
+            .worker_ids()
+            .into_iter()
+            .map(|id| {
+                let b = SimBackend::from_settings(&id, &settings);
+                (id, b)
+            })
+            .collect();
+        Self::new(settings, kafka, backends)
+    }
+}
+
+impl<B: Backend> WorkerNode<B> {
+    /// Workers over the given backends, by worker id.
+    pub fn new(settings: WorkerSettings, kafka: KafkaSettings, backends: Vec<(String, B)>) -> Self {
+        Self {
+            settings,
+            kafka,
+            workers: backends
+                .into_iter()
+                .map(|(id, backend)| Worker {
+                    id,
+                    backend,
+                    causes: HashMap::new(),
+                })
+                .collect(),
+            clock: MicrosClock::new(),
+        }
+    }
+
+    /// The worker ids this process runs.
+    pub fn worker_ids(&self) -> Vec<String> {
+        self.workers.iter().map(|w| w.id.clone()).collect()
+    }
+
+    /// Runs until `shutdown` is cancelled, then flushes what is pending.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let base = self.settings.base_id();
+        let producer = Producer::new(&self.kafka, &format!("gpu-worker-{base}"))?;
+        let group = format!("{}.gpu-worker.{base}", self.kafka.namespace);
+        let consumer: StreamConsumer = self
+            .kafka
+            .consumer_config(&group, &group)
+            .create()
+            .map_err(|e| BusError::Config(e.to_string()))?;
+        consumer.subscribe(&[&self.kafka.topic(Topic::DeviceCommands)])?;
+        let reports_topic = self.kafka.topic(Topic::WorkerReports);
+        let mut filter = CommandFilter::new(self.worker_ids(), DEDUP_CAPACITY);
+        let mut tick = tokio::time::interval(self.settings.tick());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let heartbeat = self.settings.heartbeat();
+        let mut next_heartbeat = Instant::now();
+        let mut pending: Vec<Pending> = Vec::new();
+        tracing::info!(workers = self.workers.len(), %group, "gpu worker started");
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                msg = consumer.recv() => match msg {
+                    Ok(msg) => {
+                        self.on_message(&msg, &mut filter, &mut pending);
+                        if let Err(e) = consumer.commit_message(&msg, CommitMode::Async) {
+                            tracing::debug!(error = %e, "command offset commit failed");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "command consumer error");
+                        tokio::time::sleep(self.settings.tick()).await;
+                    }
+                },
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    self.poll(now, &mut pending);
+                    if now >= next_heartbeat {
+                        self.heartbeats(now, &mut pending);
+                        next_heartbeat = now + heartbeat;
+                    }
+                }
+            }
+            if !pending.is_empty() {
+                self.send(&producer, &reports_topic, &mut pending).await;
+            }
+        }
+        if !pending.is_empty() {
+            self.send(&producer, &reports_topic, &mut pending).await;
+        }
+        let _ = producer.flush(std::time::Duration::from_secs(2));
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(error = %e, "final command offset commit failed");
+        }
+        tracing::info!("gpu worker stopped");
+        Ok(())
+    }
+
+    fn on_message(
+        &mut self,
+        msg: &BorrowedMessage<'_>,
+        filter: &mut CommandFilter,
+        pending: &mut Vec<Pending>,
+    ) {
+        let envelope = match Envelope::from_json(msg.payload().unwrap_or_default()) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, offset = msg.offset(), "ignoring an undecodable command");
+                metrics::counter!(m::COMMANDS, "action" => "unknown", "outcome" => "malformed")
+                    .increment(1);
+                return;
+            }
+        };
+        let Event::DeviceCommand(cmd) = &envelope.payload else {
+            return;
+        };
+        let verdict = filter.check(cmd);
+        metrics::counter!(m::COMMANDS, "action" => action_name(&cmd.action), "outcome" => verdict.as_str())
+            .increment(1);
+        if verdict != Verdict::Obey {
+            if verdict == Verdict::AlreadyObeyed {
+                tracing::debug!(command_id = %cmd.command_id, "ignoring a command obeyed before");
+            }
+            return;
+        }
+        let span = tracing::info_span!(
+            "device_command",
+            worker_id = %cmd.worker_id,
+            workload_id = %cmd.workload_id,
+            action = action_name(&cmd.action),
+        );
+        hcp_bus::trace::set_parent(&span, hcp_bus::trace::context_from_headers(msg.headers()));
+        let _entered = span.enter();
+        let (traceparent, tracestate) = hcp_bus::trace::current_trace_headers();
+        let cause = Cause {
+            event_id: envelope.event_id,
+            correlation_id: envelope.correlation_id,
+            traceparent,
+            tracestate,
+        };
+        self.obey(cmd, cause, Instant::now(), pending);
+    }
+
+    fn obey(
+        &mut self,
+        cmd: &DeviceCommand,
+        cause: Cause,
+        now: Instant,
+        pending: &mut Vec<Pending>,
+    ) {
+        let Some(w) = self.workers.iter_mut().find(|w| w.id == cmd.worker_id) else {
+            return;
+        };
+        let id = cmd.workload_id;
+        let result: Result<Vec<RunUpdate>, BackendError> = match &cmd.action {
+            CommandAction::Start {
+                model,
+                gpu_ids,
+                duration_s,
+                resume_progress,
+            } => {
+                tracing::info!(%model, gpus = gpu_ids.len(), resume_progress, "starting run");
+                w.causes.insert(id, cause.clone());
+                w.backend.start(
+                    now,
+                    StartRun {
+                        workload_id: id,
+                        model: model.clone(),
+                        gpu_ids: gpu_ids.clone(),
+                        duration_s: *duration_s,
+                        resume_progress: *resume_progress,
+                    },
+                )
+            }
+            CommandAction::Pause => w.backend.pause(now, id).map(|u| vec![u]),
+            CommandAction::Resume => w.backend.resume(now, id).map(|u| vec![u]),
+            CommandAction::Checkpoint => w.backend.checkpoint(now, id).map(|u| vec![u]),
+            CommandAction::Stop { checkpoint, reason } => {
+                tracing::info!(checkpoint, %reason, "stopping run");
+                w.backend
+                    .stop(now, id, *checkpoint, reason)
+                    .map(|u| vec![u])
+            }
+        };
+        let updates = match result {
+            Ok(updates) => updates,
+            Err(BackendError::UnknownRun(_)) => {
+                tracing::debug!(workload_id = %id, "command for a run this worker does not hold");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(workload_id = %id, error = %e, "run failed to start");
+                vec![RunUpdate {
+                    workload_id: id,
+                    status: RunStatus::Failed,
+                    progress: 0.0,
+                    runtime_s: 0.0,
+                    detail: Some(e.to_string()),
+                    switch: None,
+                }]
+            }
+        };
+        for u in updates {
+            let c = if u.workload_id == id {
+                Some(cause.clone())
+            } else {
+                w.causes.get(&u.workload_id).cloned()
+            };
+            pending.push(report(&w.id, &mut w.causes, u, c, &self.clock));
+        }
+    }
+
+    fn poll(&mut self, now: Instant, pending: &mut Vec<Pending>) {
+        let mut runs = 0;
+        for w in &mut self.workers {
+            for u in w.backend.poll(now) {
+                let c = w.causes.get(&u.workload_id).cloned();
+                pending.push(report(&w.id, &mut w.causes, u, c, &self.clock));
+            }
+            runs += w.backend.running().len();
+        }
+        metrics::gauge!(m::RUNS).set(runs as f64);
+    }
+
+    fn heartbeats(&mut self, now: Instant, pending: &mut Vec<Pending>) {
+        for w in &mut self.workers {
+            let mut e = Envelope::new(
+                report_stream(&w.id),
+                PRODUCER,
+                Event::WorkerHeartbeat(WorkerHeartbeat {
+                    worker_id: w.id.clone(),
+                    site: self.settings.site.clone(),
+                    backend: w.backend.kind().to_owned(),
+                    gpus: w.backend.gpus(),
+                    running: w.backend.running(),
+                    samples: w.backend.samples(now),
+                }),
+            );
+            e.sequence = self.clock.next();
+            pending.push(Pending {
+                envelope: e,
+                cause: None,
+                retry: false,
+            });
+        }
+        metrics::counter!(m::HEARTBEATS).increment(self.workers.len() as u64);
+    }
+
+    /// Produces everything pending in order. On failure heartbeats are dropped and run
+    /// reports kept for the next attempt with fresh sequences (a report that did arrive is
+    /// then a duplicate the resource-manager ignores by state).
+    async fn send(&self, producer: &Producer, topic: &str, pending: &mut Vec<Pending>) {
+        let messages: Vec<OutgoingMessage> =
+            pending.iter().filter_map(|p| outgoing(topic, p)).collect();
+        match producer.send_batch(&messages).await {
+            Ok(()) => pending.clear(),
+            Err(e) => {
+                metrics::counter!(m::SEND_FAILURES).increment(1);
+                pending.retain(|p| p.retry);
+                tracing::warn!(error = %e, kept = pending.len(), "report send failed; retrying");
+                for p in pending.iter_mut() {
+                    p.envelope.sequence = self.clock.next();
+                }
+            }
+        }
+    }
+}
+
+/// A run update as a pending `run.reported`.
+fn report(
+    worker_id: &str,
+    causes: &mut HashMap<Uuid, Cause>,
+    u: RunUpdate,
+    cause: Option<Cause>,
+    clock: &MicrosClock,
+) -> Pending {
+    metrics::counter!(m::REPORTS, "status" => status_name(u.status)).increment(1);
+    if let Some(s) = &u.switch {
+        if !s.resident {
+            metrics::histogram!(m::MODEL_SWITCH, "phase" => "load").record(s.load_ms / 1000.0);
+        }
+        metrics::histogram!(m::MODEL_SWITCH, "phase" => "bind").record(s.bind_ms / 1000.0);
+        metrics::histogram!(m::MODEL_SWITCH, "phase" => "first_batch")
+            .record(s.first_batch_ms / 1000.0);
+        metrics::histogram!(m::MODEL_SWITCH, "phase" => "total")
+            .record((s.load_ms + s.bind_ms + s.first_batch_ms) / 1000.0);
+    }
+    if matches!(
+        u.status,
+        RunStatus::Completed | RunStatus::Failed | RunStatus::Stopped
+    ) {
+        causes.remove(&u.workload_id);
+    }
+    tracing::debug!(workload_id = %u.workload_id, status = status_name(u.status), progress = u.progress, "run report");
+    let mut e = Envelope::new(
+        report_stream(worker_id),
+        PRODUCER,
+        Event::RunReported(RunReported {
+            workload_id: u.workload_id,
+            worker_id: worker_id.to_owned(),
+            status: u.status,
+            progress: u.progress,
+            runtime_s: u.runtime_s,
+            detail: u.detail,
+            switch: u.switch,
+        }),
+    );
+    if let Some(c) = &cause {
+        e.causation_id = Some(c.event_id);
+        e.correlation_id = c.correlation_id;
+    }
+    e.sequence = clock.next();
+    Pending {
+        envelope: e,
+        cause,
+        retry: true,
+    }
+}
+
+fn outgoing(topic: &str, p: &Pending) -> Option<OutgoingMessage> {
+    let payload = match p.envelope.to_json() {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a report; dropping it");
+            return None;
+        }
+    };
+    let mut hs = vec![
+        (
+            headers::EVENT_TYPE.to_owned(),
+            p.envelope.event_type().as_str().as_bytes().to_vec(),
+        ),
+        (
+            headers::SCHEMA_VERSION.to_owned(),
+            p.envelope.schema_version.to_string().into_bytes(),
+        ),
+        (
+            headers::EVENT_ID.to_owned(),
+            p.envelope.event_id.to_string().into_bytes(),
+        ),
+    ];
+    if let Some(c) = &p.cause {
+        if let Some(tp) = &c.traceparent {
+            hs.push((headers::TRACEPARENT.to_owned(), tp.clone().into_bytes()));
+        }
+        if let Some(ts) = &c.tracestate {
+            hs.push((headers::TRACESTATE.to_owned(), ts.clone().into_bytes()));
+        }
+    }
+    Some(OutgoingMessage {
+        topic: topic.to_owned(),
+        key: p.envelope.stream_id.clone(),
+        payload,
+        headers: hs,
+    })
+}
+
+fn action_name(a: &CommandAction) -> &'static str {
+    match a {
+        CommandAction::Start { .. } => "start",
+        CommandAction::Pause => "pause",
+        CommandAction::Resume => "resume",
+        CommandAction::Checkpoint => "checkpoint",
+        CommandAction::Stop { .. } => "stop",
+    }
+}
+
+fn status_name(s: RunStatus) -> &'static str {
+    match s {
+        RunStatus::Started => "started",
+        RunStatus::Checkpointed => "checkpointed",
+        RunStatus::Paused => "paused",
+        RunStatus::Resumed => "resumed",
+        RunStatus::Completed => "completed",
+        RunStatus::Failed => "failed",
+        RunStatus::Stopped => "stopped",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn node() -> WorkerNode<SimBackend> {
+        let settings = WorkerSettings {
+            worker_id: "n".into(),
+            count: 2,
+            time_scale: 100.0,
+            ..Default::default()
+        };
+        WorkerNode::simulated(settings, KafkaSettings::new("127.0.0.1:1"))
+    }
+
+    fn cause() -> Cause {
+        Cause {
+            event_id: Uuid::from_u128(42),
+            correlation_id: Uuid::from_u128(43),
+            traceparent: None,
+            tracestate: None,
+        }
+    }
+
+    fn start(worker: &str, workload: u128, gpus: &[&str]) -> DeviceCommand {
+        DeviceCommand {
+            command_id: Uuid::now_v7(),
+            worker_id: worker.into(),
+            workload_id: Uuid::from_u128(workload),
+            action: CommandAction::Start {
+                model: "m".into(),
+                gpu_ids: gpus.iter().map(|g| (*g).to_owned()).collect(),
+                duration_s: 10,
+                resume_progress: 0.0,
+            },
+        }
+    }
+
+    fn reported(p: &Pending) -> &RunReported {
+        match &p.envelope.payload {
+            Event::RunReported(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_start_runs_on_the_named_worker_only_and_reports_carry_its_cause() {
+        let mut n = node();
+        assert_eq!(n.worker_ids(), vec!["n-0", "n-1"]);
+        let mut pending = Vec::new();
+        let t0 = Instant::now();
+        n.obey(&start("n-1", 1, &["n-1/gpu-0"]), cause(), t0, &mut pending);
+        assert!(
+            pending.is_empty(),
+            "the start report waits for the model switch"
+        );
+        assert!(n.workers[0].backend.running().is_empty());
+        assert_eq!(n.workers[1].backend.running(), vec![Uuid::from_u128(1)]);
+        n.poll(t0 + std::time::Duration::from_secs(60), &mut pending);
+        let statuses: Vec<RunStatus> = pending.iter().map(|p| reported(p).status).collect();
+        assert_eq!(statuses.first(), Some(&RunStatus::Started));
+        assert_eq!(statuses.last(), Some(&RunStatus::Completed));
+        for p in &pending {
+            assert_eq!(p.envelope.stream_id, "reports-n-1");
+            assert_eq!(p.envelope.causation_id, Some(Uuid::from_u128(42)));
+            assert_eq!(p.envelope.correlation_id, Uuid::from_u128(43));
+        }
+        assert!(pending
+            .windows(2)
+            .all(|w| w[0].envelope.sequence < w[1].envelope.sequence));
+    }
+
+    #[test]
+    fn a_start_on_an_unknown_gpu_reports_failed() {
+        let mut n = node();
+        let mut pending = Vec::new();
+        n.obey(
+            &start("n-0", 1, &["n-1/gpu-0"]),
+            cause(),
+            Instant::now(),
+            &mut pending,
+        );
+        assert_eq!(pending.len(), 1);
+        let r = reported(&pending[0]);
+        assert_eq!(r.status, RunStatus::Failed);
+        assert_eq!(
+            r.detail.as_deref(),
+            Some("GPU n-1/gpu-0 is not on this worker")
+        );
+    }
+
+    #[test]
+    fn heartbeats_list_gpus_runs_and_one_sample_per_gpu() {
+        let mut n = node();
+        let mut pending = Vec::new();
+        let t0 = Instant::now();
+        n.obey(&start("n-0", 1, &["n-0/gpu-3"]), cause(), t0, &mut pending);
+        n.heartbeats(t0, &mut pending);
+        assert_eq!(pending.len(), 2);
+        let Event::WorkerHeartbeat(h) = &pending[0].envelope.payload else {
+            panic!()
+        };
+        assert_eq!(h.worker_id, "n-0");
+        assert_eq!(h.backend, "sim");
+        assert_eq!(h.gpus.len(), 8);
+        assert_eq!(h.samples.len(), 8);
+        assert_eq!(h.running, vec![Uuid::from_u128(1)]);
+        assert!(!pending[0].retry, "a heartbeat is never retried");
+    }
+}

@@ -1,0 +1,803 @@
+//! The resource-manager's decisions, free of I/O: what a workload stream says, whether a
+//! proposal can be placed, what a run report means for the workload, and how a heartbeat's
+//! `running` list compares with the allocations a worker holds.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use hcp_domain::{transition, InvalidTransition, WorkloadState};
+use hcp_events::payload::{
+    GpuSpec, RunReported, RunStatus, WorkloadCheckpointed, WorkloadCompleted, WorkloadFailed,
+    WorkloadPlacementProposed, WorkloadRequeued, WorkloadStarted, WorkloadSubmitted,
+};
+use hcp_events::{Envelope, Event};
+use uuid::Uuid;
+
+/// A workload stream folded into what the resource-manager needs to decide.
+#[derive(Debug, Clone, Default)]
+pub struct WorkloadView {
+    /// Current state (`None`: no stream).
+    pub state: Option<WorkloadState>,
+    /// The stream's version (its last sequence; 0 when empty).
+    pub version: i64,
+    /// The workload's correlation id (its first event's).
+    pub correlation_id: Option<Uuid>,
+    /// The submission (model, GPU count, constraints).
+    pub submitted: Option<WorkloadSubmitted>,
+    /// Progress of the last checkpoint (or the resume point of the last requeue), 0-1.
+    pub last_checkpoint: f64,
+    /// Proposals already answered (scheduled or rejected), by the proposal's event id.
+    pub answered: HashSet<Uuid>,
+    /// Event id of the latest proposal.
+    pub latest_proposal: Option<Uuid>,
+}
+
+impl WorkloadView {
+    /// Folds a stream's events, in sequence order.
+    pub fn fold<'a>(
+        events: impl IntoIterator<Item = &'a Envelope>,
+    ) -> Result<Self, InvalidTransition> {
+        let mut v = Self::default();
+        for e in events {
+            v.state = Some(transition(v.state, &e.payload)?);
+            v.version = e.sequence;
+            v.correlation_id.get_or_insert(e.correlation_id);
+            match &e.payload {
+                Event::WorkloadSubmitted(s) => v.submitted = Some(s.clone()),
+                Event::WorkloadCheckpointed(c) => v.last_checkpoint = c.progress,
+                Event::WorkloadRequeued(r) => v.last_checkpoint = r.resume_progress,
+                Event::WorkloadPlacementProposed(_) => v.latest_proposal = Some(e.event_id),
+                Event::WorkloadScheduled(_) | Event::WorkloadPlacementRejected(_) => {
+                    if let Some(c) = e.causation_id {
+                        v.answered.insert(c);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(v)
+    }
+
+    /// The state after `events`, or the first refusal.
+    pub fn check(&self, events: &[Event]) -> Result<WorkloadState, InvalidTransition> {
+        let mut state = self.state;
+        for e in events {
+            state = Some(transition(state, e)?);
+        }
+        state.ok_or(InvalidTransition {
+            from: WorkloadState::Queued,
+            event: "nothing",
+        })
+    }
+}
+
+/// A worker as the placement check sees it.
+#[derive(Debug, Clone)]
+pub struct WorkerInfo {
+    /// The worker.
+    pub worker_id: String,
+    /// Whether it is healthy (not lost).
+    pub healthy: bool,
+    /// Its GPUs.
+    pub gpus: Vec<GpuSpec>,
+}
+
+/// A live allocation of one GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// The GPU.
+    pub gpu_id: String,
+    /// The workload holding it.
+    pub workload_id: Uuid,
+}
+
+/// Why a proposal was refused (the metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// A later proposal for the same workload exists.
+    Superseded,
+    /// The proposal itself is unusable (no GPUs, duplicates, wrong count).
+    BadProposal,
+    /// The worker never sent a heartbeat.
+    UnknownWorker,
+    /// The worker is lost.
+    WorkerLost,
+    /// A GPU is not on that worker.
+    UnknownGpu,
+    /// A GPU does not meet the workload's type or memory constraint.
+    GpuMismatch,
+    /// A GPU is allocated to another workload.
+    GpuHeld,
+}
+
+impl RejectReason {
+    /// Metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Superseded => "superseded",
+            Self::BadProposal => "bad_proposal",
+            Self::UnknownWorker => "unknown_worker",
+            Self::WorkerLost => "worker_lost",
+            Self::UnknownGpu => "unknown_gpu",
+            Self::GpuMismatch => "gpu_mismatch",
+            Self::GpuHeld => "gpu_held",
+        }
+    }
+}
+
+/// A refused proposal: the label and the sentence the router and the customer see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Label.
+    pub reason: RejectReason,
+    /// Precise reason.
+    pub detail: String,
+}
+
+impl Rejection {
+    fn new(reason: RejectReason, detail: String) -> Self {
+        Self { reason, detail }
+    }
+}
+
+/// Whether `gpu` meets the workload's type and memory constraints.
+pub fn gpu_fits(workload: &WorkloadSubmitted, gpu: &GpuSpec) -> bool {
+    let type_ok = workload
+        .gpu_type
+        .as_deref()
+        .is_none_or(|t| t.eq_ignore_ascii_case(&gpu.model));
+    let memory_ok = workload
+        .gpu_memory_gib
+        .is_none_or(|gib| gpu.memory_mib >= u64::from(gib) * 1024);
+    type_ok && memory_ok
+}
+
+/// Checks a proposal against the worker and the live allocations of its GPUs. `Ok` means
+/// allocate.
+pub fn check_placement(
+    workload: &WorkloadSubmitted,
+    proposal: &WorkloadPlacementProposed,
+    worker: Option<&WorkerInfo>,
+    holders: &[Holder],
+) -> Result<(), Rejection> {
+    use RejectReason::*;
+    if proposal.gpu_ids.is_empty() {
+        return Err(Rejection::new(
+            BadProposal,
+            "the proposal lists no GPUs".into(),
+        ));
+    }
+    let mut seen = HashSet::new();
+    if let Some(dup) = proposal.gpu_ids.iter().find(|g| !seen.insert(g.as_str())) {
+        return Err(Rejection::new(
+            BadProposal,
+            format!("GPU {dup} is listed twice"),
+        ));
+    }
+    if proposal.gpu_ids.len() != workload.gpu_count as usize {
+        return Err(Rejection::new(
+            BadProposal,
+            format!(
+                "the proposal has {} GPUs; the workload needs {}",
+                proposal.gpu_ids.len(),
+                workload.gpu_count
+            ),
+        ));
+    }
+    let Some(worker) = worker else {
+        return Err(Rejection::new(
+            UnknownWorker,
+            format!("worker {} has never sent a heartbeat", proposal.worker_id),
+        ));
+    };
+    if !worker.healthy {
+        return Err(Rejection::new(
+            WorkerLost,
+            format!("worker {} is lost", worker.worker_id),
+        ));
+    }
+    for id in &proposal.gpu_ids {
+        let Some(gpu) = worker.gpus.iter().find(|g| &g.gpu_id == id) else {
+            return Err(Rejection::new(
+                UnknownGpu,
+                format!("GPU {id} is not on worker {}", worker.worker_id),
+            ));
+        };
+        if !gpu_fits(workload, gpu) {
+            return Err(Rejection::new(
+                GpuMismatch,
+                format!(
+                    "GPU {id} is a {} with {} MiB; the workload needs {}{}",
+                    gpu.model,
+                    gpu.memory_mib,
+                    workload.gpu_type.as_deref().unwrap_or("any model"),
+                    workload
+                        .gpu_memory_gib
+                        .map(|g| format!(" with {g} GiB"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    if let Some(h) = holders.first() {
+        let more = holders.len() - 1;
+        return Err(Rejection::new(
+            GpuHeld,
+            format!(
+                "GPU {} is held by workload {}{}",
+                h.gpu_id,
+                h.workload_id,
+                if more > 0 {
+                    format!(" (and {more} more GPUs are held)")
+                } else {
+                    String::new()
+                }
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Why a workload went back to the queue (the metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequeueKind {
+    /// Stopped with a checkpoint after a preemption.
+    Preempted,
+    /// Stopped on the worker for another reason.
+    Stopped,
+    /// Its worker went silent.
+    WorkerLost,
+    /// Its worker restarted and forgot it.
+    WorkerRestarted,
+}
+
+impl RequeueKind {
+    /// Metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Preempted => "preempted",
+            Self::Stopped => "stopped",
+            Self::WorkerLost => "worker_lost",
+            Self::WorkerRestarted => "worker_restarted",
+        }
+    }
+}
+
+/// What a run report means for the workload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReportDecision {
+    /// Append these events (in order); release the GPUs if `release`.
+    Apply {
+        /// Workload events.
+        events: Vec<Event>,
+        /// Whether the allocation ends.
+        release: bool,
+        /// Set when the workload goes back to the queue.
+        requeue: Option<RequeueKind>,
+    },
+    /// Nothing to record (the label says why).
+    Ignore(&'static str),
+}
+
+fn clamp_progress(p: f64) -> f64 {
+    if p.is_finite() {
+        p.clamp(0.0, 1.0)
+    } else {
+        0.0
+    }
+}
+
+/// Decides what a report from the worker holding the allocation means, given the workload's
+/// current stream. Every returned sequence is one the state machine accepts.
+pub fn decide_report(view: &WorkloadView, r: &RunReported) -> ReportDecision {
+    use WorkloadState::*;
+    let Some(state) = view.state else {
+        return ReportDecision::Ignore("unknown_workload");
+    };
+    let id = r.workload_id;
+    let progress = clamp_progress(r.progress);
+    let runtime_s = if r.runtime_s.is_finite() {
+        r.runtime_s.max(0.0)
+    } else {
+        0.0
+    };
+    let checkpointed = || {
+        Event::WorkloadCheckpointed(WorkloadCheckpointed {
+            workload_id: id,
+            progress,
+        })
+    };
+    let (events, release, requeue) = match (r.status, state) {
+        (RunStatus::Started, Scheduled) => (
+            vec![Event::WorkloadStarted(WorkloadStarted { workload_id: id })],
+            false,
+            None,
+        ),
+        (RunStatus::Started, _) => return ReportDecision::Ignore("duplicate_start"),
+        (RunStatus::Checkpointed, Running | Paused | Preempted) => {
+            if progress <= view.last_checkpoint {
+                return ReportDecision::Ignore("stale_checkpoint");
+            }
+            (vec![checkpointed()], false, None)
+        }
+        (RunStatus::Paused | RunStatus::Resumed, _) => {
+            return ReportDecision::Ignore("informational")
+        }
+        (RunStatus::Completed, Running | Preempted) => (
+            vec![Event::WorkloadCompleted(WorkloadCompleted {
+                workload_id: id,
+                runtime_s,
+            })],
+            true,
+            None,
+        ),
+        // The start report was lost or refused: record both, in order.
+        (RunStatus::Completed, Scheduled) => (
+            vec![
+                Event::WorkloadStarted(WorkloadStarted { workload_id: id }),
+                Event::WorkloadCompleted(WorkloadCompleted {
+                    workload_id: id,
+                    runtime_s,
+                }),
+            ],
+            true,
+            None,
+        ),
+        (RunStatus::Failed, s) if !s.is_terminal() && s != Queued => (
+            vec![Event::WorkloadFailed(WorkloadFailed {
+                workload_id: id,
+                reason: r
+                    .detail
+                    .clone()
+                    .unwrap_or_else(|| format!("failed on worker {}", r.worker_id)),
+            })],
+            true,
+            None,
+        ),
+        (RunStatus::Stopped, Preempted | Running | Paused | Scheduled) => {
+            // The checkpoint the run saved (never behind the last one recorded).
+            let resume = progress.max(view.last_checkpoint);
+            let mut events = Vec::with_capacity(2);
+            if state != Scheduled && progress > view.last_checkpoint {
+                events.push(checkpointed());
+            }
+            let (kind, reason) = if state == Preempted {
+                (
+                    RequeueKind::Preempted,
+                    format!("preempted; resumes from {:.1}%", resume * 100.0),
+                )
+            } else {
+                (
+                    RequeueKind::Stopped,
+                    format!(
+                        "stopped on worker {}{}; resumes from {:.1}%",
+                        r.worker_id,
+                        r.detail
+                            .as_deref()
+                            .map(|d| format!(" ({d})"))
+                            .unwrap_or_default(),
+                        resume * 100.0
+                    ),
+                )
+            };
+            events.push(Event::WorkloadRequeued(WorkloadRequeued {
+                workload_id: id,
+                resume_progress: resume,
+                reason,
+            }));
+            (events, true, Some(kind))
+        }
+        _ => return ReportDecision::Ignore("not_applicable_in_state"),
+    };
+    if view.check(&events).is_err() {
+        return ReportDecision::Ignore("not_applicable_in_state");
+    }
+    ReportDecision::Apply {
+        events,
+        release,
+        requeue,
+    }
+}
+
+/// A run a worker holds GPUs for, with how long it has held them and how long the worker's
+/// heartbeats have omitted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldRun {
+    /// The workload.
+    pub workload_id: Uuid,
+    /// Time since allocation.
+    pub held_for: Duration,
+    /// Time since heartbeats started omitting it (`None`: listed).
+    pub missing_for: Option<Duration>,
+}
+
+/// What a heartbeat's `running` list means against the allocations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconciliation {
+    /// Runs omitted for the first time: start their clock.
+    pub mark_missing: Vec<Uuid>,
+    /// Runs listed again: stop their clock.
+    pub clear_missing: Vec<Uuid>,
+    /// Runs omitted past the grace: requeue (with how long they were missing).
+    pub requeue: Vec<(Uuid, Duration)>,
+    /// Runs the worker has but holds no allocation for: stop them.
+    pub zombies: Vec<Uuid>,
+}
+
+impl Reconciliation {
+    /// Whether anything changes allocations or commands (needs the pool lock).
+    pub fn needs_pool_lock(&self) -> bool {
+        !self.requeue.is_empty() || !self.zombies.is_empty()
+    }
+}
+
+/// Compares what a worker holds with what it says it runs. A run omitted for longer than
+/// `grace` (counted from both the first omission and the allocation, so that a start still in
+/// flight is never mistaken for a forgotten run) is requeued.
+pub fn reconcile(held: &[HeldRun], running: &[Uuid], grace: Duration) -> Reconciliation {
+    let running_set: HashSet<Uuid> = running.iter().copied().collect();
+    let held_set: HashSet<Uuid> = held.iter().map(|h| h.workload_id).collect();
+    let mut out = Reconciliation::default();
+    for h in held {
+        if running_set.contains(&h.workload_id) {
+            if h.missing_for.is_some() {
+                out.clear_missing.push(h.workload_id);
+            }
+            continue;
+        }
+        match h.missing_for {
+            None => out.mark_missing.push(h.workload_id),
+            Some(m) if m >= grace && h.held_for >= grace => out.requeue.push((h.workload_id, m)),
+            Some(_) => {}
+        }
+    }
+    let mut seen = HashSet::new();
+    out.zombies = running
+        .iter()
+        .copied()
+        .filter(|id| !held_set.contains(id) && seen.insert(*id))
+        .collect();
+    out
+}
+
+/// Whether a heartbeat's GPUs differ from the registered ones (order does not matter).
+pub fn inventory_changed(registered: &[GpuSpec], reported: &[GpuSpec]) -> bool {
+    let key = |g: &GpuSpec| (g.gpu_id.clone(), g.model.clone(), g.memory_mib);
+    let mut a: Vec<_> = registered.iter().map(key).collect();
+    let mut b: Vec<_> = reported.iter().map(key).collect();
+    a.sort();
+    b.sort();
+    a != b
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use hcp_events::payload::*;
+    use hcp_events::workload_stream;
+
+    fn id() -> Uuid {
+        Uuid::from_u128(7)
+    }
+
+    fn gpu(n: u32) -> GpuSpec {
+        GpuSpec {
+            gpu_id: format!("w/gpu-{n}"),
+            model: "H100".into(),
+            memory_mib: 81_559,
+        }
+    }
+
+    fn worker(healthy: bool) -> WorkerInfo {
+        WorkerInfo {
+            worker_id: "w".into(),
+            healthy,
+            gpus: (0..8).map(gpu).collect(),
+        }
+    }
+
+    fn submitted(gpus: u32) -> WorkloadSubmitted {
+        WorkloadSubmitted::simple(id(), "t", WorkloadKind::Training, "llama-3-8b", gpus, 100)
+    }
+
+    fn proposal(gpus: &[u32]) -> WorkloadPlacementProposed {
+        WorkloadPlacementProposed {
+            workload_id: id(),
+            worker_id: "w".into(),
+            gpu_ids: gpus.iter().map(|n| format!("w/gpu-{n}")).collect(),
+            score: 1.0,
+            attempt: 1,
+        }
+    }
+
+    fn stream(events: Vec<Event>) -> Vec<Envelope> {
+        events
+            .into_iter()
+            .zip(1..)
+            .map(|(ev, seq)| {
+                let mut e = Envelope::new(workload_stream(id()), "test", ev);
+                e.sequence = seq;
+                e
+            })
+            .collect()
+    }
+
+    fn report(status: RunStatus, progress: f64) -> RunReported {
+        RunReported {
+            workload_id: id(),
+            worker_id: "w".into(),
+            status,
+            progress,
+            runtime_s: 12.0,
+            detail: None,
+            switch: None,
+        }
+    }
+
+    fn view_in(state: WorkloadState, last_checkpoint: f64) -> WorkloadView {
+        WorkloadView {
+            state: Some(state),
+            version: 5,
+            last_checkpoint,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_free_healthy_gang_is_accepted() {
+        let r = check_placement(&submitted(2), &proposal(&[0, 1]), Some(&worker(true)), &[]);
+        assert_eq!(r, Ok(()));
+    }
+
+    #[test]
+    fn a_held_gpu_is_refused_naming_its_holder() {
+        let holder = Uuid::from_u128(99);
+        let r = check_placement(
+            &submitted(2),
+            &proposal(&[0, 1]),
+            Some(&worker(true)),
+            &[Holder {
+                gpu_id: "w/gpu-1".into(),
+                workload_id: holder,
+            }],
+        )
+        .unwrap_err();
+        assert_eq!(r.reason, RejectReason::GpuHeld);
+        assert_eq!(
+            r.detail,
+            format!("GPU w/gpu-1 is held by workload {holder}")
+        );
+    }
+
+    #[test]
+    fn every_precondition_has_its_own_reason() {
+        let s = submitted(2);
+        let cases = [
+            (proposal(&[]), Some(worker(true)), RejectReason::BadProposal),
+            (
+                proposal(&[1, 1]),
+                Some(worker(true)),
+                RejectReason::BadProposal,
+            ),
+            (
+                proposal(&[1]),
+                Some(worker(true)),
+                RejectReason::BadProposal,
+            ),
+            (proposal(&[0, 1]), None, RejectReason::UnknownWorker),
+            (
+                proposal(&[0, 1]),
+                Some(worker(false)),
+                RejectReason::WorkerLost,
+            ),
+            (
+                proposal(&[0, 9]),
+                Some(worker(true)),
+                RejectReason::UnknownGpu,
+            ),
+        ];
+        for (p, w, want) in cases {
+            let got = check_placement(&s, &p, w.as_ref(), &[]).unwrap_err();
+            assert_eq!(got.reason, want, "{}", got.detail);
+        }
+        let mut picky = submitted(1);
+        picky.gpu_type = Some("A100".into());
+        let got = check_placement(&picky, &proposal(&[0]), Some(&worker(true)), &[]).unwrap_err();
+        assert_eq!(got.reason, RejectReason::GpuMismatch);
+        assert!(got.detail.contains("needs A100"), "{}", got.detail);
+        let mut big = submitted(1);
+        big.gpu_memory_gib = Some(141);
+        let got = check_placement(&big, &proposal(&[0]), Some(&worker(true)), &[]).unwrap_err();
+        assert_eq!(got.reason, RejectReason::GpuMismatch);
+    }
+
+    #[test]
+    fn the_view_tracks_version_checkpoint_and_answered_proposals() {
+        let mut events = stream(vec![
+            Event::WorkloadSubmitted(submitted(1)),
+            Event::WorkloadPlacementProposed(proposal(&[0])),
+        ]);
+        let proposal_id = events[1].event_id;
+        let mut answer = Envelope::new(
+            workload_stream(id()),
+            "rm",
+            Event::WorkloadScheduled(WorkloadScheduled {
+                workload_id: id(),
+                worker_id: "w".into(),
+                gpu_ids: vec!["w/gpu-0".into()],
+            }),
+        )
+        .caused_by(&events[1]);
+        answer.sequence = 3;
+        events.push(answer);
+        for (ev, seq) in [
+            (
+                Event::WorkloadStarted(WorkloadStarted { workload_id: id() }),
+                4,
+            ),
+            (
+                Event::WorkloadCheckpointed(WorkloadCheckpointed {
+                    workload_id: id(),
+                    progress: 0.3,
+                }),
+                5,
+            ),
+        ] {
+            let mut e = Envelope::new(workload_stream(id()), "rm", ev);
+            e.sequence = seq;
+            events.push(e);
+        }
+        let v = WorkloadView::fold(&events).unwrap();
+        assert_eq!(v.state, Some(WorkloadState::Running));
+        assert_eq!(v.version, 5);
+        assert_eq!(v.last_checkpoint, 0.3);
+        assert!(v.answered.contains(&proposal_id));
+        assert_eq!(v.latest_proposal, Some(proposal_id));
+        assert_eq!(v.correlation_id, Some(events[0].correlation_id));
+    }
+
+    #[test]
+    fn started_then_completed_releases() {
+        let d = decide_report(
+            &view_in(WorkloadState::Scheduled, 0.0),
+            &report(RunStatus::Started, 0.0),
+        );
+        assert!(matches!(d, ReportDecision::Apply { release: false, .. }));
+        let d = decide_report(
+            &view_in(WorkloadState::Running, 0.9),
+            &report(RunStatus::Completed, 1.0),
+        );
+        let ReportDecision::Apply {
+            events, release, ..
+        } = d
+        else {
+            panic!("{d:?}")
+        };
+        assert!(release);
+        assert!(matches!(events[..], [Event::WorkloadCompleted(_)]));
+    }
+
+    #[test]
+    fn a_stop_after_preemption_checkpoints_and_requeues_from_that_checkpoint() {
+        let d = decide_report(
+            &view_in(WorkloadState::Preempted, 0.2),
+            &report(RunStatus::Stopped, 0.35),
+        );
+        let ReportDecision::Apply {
+            events,
+            release,
+            requeue,
+        } = d
+        else {
+            panic!("{d:?}")
+        };
+        assert!(release);
+        assert_eq!(requeue, Some(RequeueKind::Preempted));
+        match &events[..] {
+            [Event::WorkloadCheckpointed(c), Event::WorkloadRequeued(r)] => {
+                assert_eq!(c.progress, 0.35);
+                assert_eq!(r.resume_progress, 0.35);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_stop_without_a_new_checkpoint_resumes_from_the_last_one() {
+        let d = decide_report(
+            &view_in(WorkloadState::Running, 0.4),
+            &report(RunStatus::Stopped, 0.4),
+        );
+        let ReportDecision::Apply {
+            events, requeue, ..
+        } = d
+        else {
+            panic!("{d:?}")
+        };
+        assert_eq!(requeue, Some(RequeueKind::Stopped));
+        match &events[..] {
+            [Event::WorkloadRequeued(r)] => assert_eq!(r.resume_progress, 0.4),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn duplicate_and_stale_reports_are_ignored() {
+        let running = view_in(WorkloadState::Running, 0.5);
+        assert_eq!(
+            decide_report(&running, &report(RunStatus::Started, 0.0)),
+            ReportDecision::Ignore("duplicate_start")
+        );
+        assert_eq!(
+            decide_report(&running, &report(RunStatus::Checkpointed, 0.4)),
+            ReportDecision::Ignore("stale_checkpoint")
+        );
+        let done = view_in(WorkloadState::Completed, 1.0);
+        assert_eq!(
+            decide_report(&done, &report(RunStatus::Completed, 1.0)),
+            ReportDecision::Ignore("not_applicable_in_state")
+        );
+        assert_eq!(
+            decide_report(&running, &report(RunStatus::Paused, 0.5)),
+            ReportDecision::Ignore("informational")
+        );
+    }
+
+    #[test]
+    fn a_run_omitted_past_the_grace_is_requeued_and_one_just_started_is_not() {
+        let grace = Duration::from_secs(10);
+        let [a, b, c, d, z] = [1, 2, 3, 4, 5].map(Uuid::from_u128);
+        let held = [
+            // Listed: nothing to do.
+            HeldRun {
+                workload_id: a,
+                held_for: Duration::from_secs(60),
+                missing_for: None,
+            },
+            // Omitted for the first time: start the clock.
+            HeldRun {
+                workload_id: b,
+                held_for: Duration::from_secs(60),
+                missing_for: None,
+            },
+            // Omitted past the grace: requeue.
+            HeldRun {
+                workload_id: c,
+                held_for: Duration::from_secs(60),
+                missing_for: Some(Duration::from_secs(11)),
+            },
+            // Omitted long enough but allocated a moment ago: its start is in flight.
+            HeldRun {
+                workload_id: d,
+                held_for: Duration::from_secs(1),
+                missing_for: Some(Duration::from_secs(11)),
+            },
+        ];
+        let r = reconcile(&held, &[a, z, z], grace);
+        assert_eq!(r.mark_missing, vec![b]);
+        assert_eq!(r.requeue, vec![(c, Duration::from_secs(11))]);
+        assert_eq!(r.zombies, vec![z]);
+        assert!(r.clear_missing.is_empty());
+        assert!(r.needs_pool_lock());
+        let back = reconcile(
+            &[HeldRun {
+                workload_id: c,
+                held_for: Duration::from_secs(60),
+                missing_for: Some(Duration::from_secs(3)),
+            }],
+            &[c],
+            grace,
+        );
+        assert_eq!(back.clear_missing, vec![c]);
+        assert!(!back.needs_pool_lock());
+    }
+
+    #[test]
+    fn inventory_order_does_not_matter_but_a_new_gpu_does() {
+        let a = vec![gpu(0), gpu(1)];
+        let b = vec![gpu(1), gpu(0)];
+        assert!(!inventory_changed(&a, &b));
+        assert!(inventory_changed(&a, &[gpu(0)]));
+    }
+}

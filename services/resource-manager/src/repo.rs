@@ -1,0 +1,485 @@
+//! SQL of the resource-manager's tables (`rm_workers`, `rm_gpus`, `rm_allocations`,
+//! `rm_runs`). Every function takes the caller's connection or transaction.
+
+use std::time::Duration;
+
+use hcp_events::payload::{GpuSample, GpuSpec, WorkloadSubmitted};
+use sqlx::{types::Json, PgConnection};
+use uuid::Uuid;
+
+use crate::domain::{gpu_fits, HeldRun, Holder, WorkerInfo};
+
+/// Class of the pool advisory locks (`pg_advisory_xact_lock(class, hashtext(site))`): "RM".
+const POOL_LOCK_CLASS: i32 = 0x524d;
+
+/// Takes the pool's transaction-scoped lock: every allocation change in a pool (a site) runs
+/// under it, so checking and allocating are one step whatever the number of consumers.
+#[tracing::instrument(skip(conn), err)]
+pub async fn lock_pool(conn: &mut PgConnection, site: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(POOL_LOCK_CLASS)
+        .bind(site)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// A worker row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct WorkerRow {
+    /// Id.
+    pub worker_id: String,
+    /// Pool.
+    pub site: String,
+    /// Backend.
+    pub backend: String,
+    /// `healthy` or `lost`.
+    pub state: String,
+    /// Registered GPUs.
+    pub gpus: Json<Vec<GpuSpec>>,
+    /// Last heartbeat event id.
+    pub last_report_id: Option<Uuid>,
+}
+
+impl WorkerRow {
+    /// Whether it is healthy.
+    pub fn healthy(&self) -> bool {
+        self.state == "healthy"
+    }
+
+    /// The placement check's view.
+    pub fn info(&self) -> WorkerInfo {
+        WorkerInfo {
+            worker_id: self.worker_id.clone(),
+            healthy: self.healthy(),
+            gpus: self.gpus.0.clone(),
+        }
+    }
+}
+
+/// Reads a worker; `for_update` locks its row for the transaction.
+pub async fn worker(
+    conn: &mut PgConnection,
+    worker_id: &str,
+    for_update: bool,
+) -> Result<Option<WorkerRow>, sqlx::Error> {
+    let lock = if for_update { " FOR UPDATE" } else { "" };
+    sqlx::query_as(&format!(
+        "SELECT worker_id, site, backend, state, gpus, last_report_id \
+         FROM rm_workers WHERE worker_id = $1{lock}"
+    ))
+    .bind(worker_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Records a heartbeat: creates or refreshes the worker (healthy, seen now).
+#[allow(clippy::too_many_arguments)]
+#[tracing::instrument(skip_all, fields(worker_id = %worker_id), err)]
+pub async fn upsert_worker(
+    conn: &mut PgConnection,
+    worker_id: &str,
+    site: &str,
+    backend: &str,
+    gpus: &[GpuSpec],
+    report_id: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO rm_workers (worker_id, site, backend, state, gpus, last_seen, last_report_id) \
+         VALUES ($1, $2, $3, 'healthy', $4, clock_timestamp(), $5) \
+         ON CONFLICT (worker_id) DO UPDATE SET site = EXCLUDED.site, backend = EXCLUDED.backend, \
+             state = 'healthy', gpus = EXCLUDED.gpus, last_seen = EXCLUDED.last_seen, \
+             last_report_id = EXCLUDED.last_report_id, lost_at = NULL",
+    )
+    .bind(worker_id)
+    .bind(site)
+    .bind(backend)
+    .bind(Json(gpus))
+    .bind(report_id)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// Replaces a worker's GPUs with the reported ones and stores their latest samples.
+#[tracing::instrument(skip_all, fields(worker_id = %worker_id, gpus = gpus.len()), err)]
+pub async fn upsert_gpus(
+    conn: &mut PgConnection,
+    worker_id: &str,
+    gpus: &[GpuSpec],
+    samples: &[GpuSample],
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<&str> = gpus.iter().map(|g| g.gpu_id.as_str()).collect();
+    sqlx::query("DELETE FROM rm_gpus WHERE worker_id = $1 AND gpu_id <> ALL($2)")
+        .bind(worker_id)
+        .bind(&ids)
+        .execute(&mut *conn)
+        .await?;
+    let sample = |g: &GpuSpec| samples.iter().find(|s| s.gpu_id == g.gpu_id);
+    let models: Vec<&str> = gpus.iter().map(|g| g.model.as_str()).collect();
+    let memory: Vec<i64> = gpus
+        .iter()
+        .map(|g| i64::try_from(g.memory_mib).unwrap_or(i64::MAX))
+        .collect();
+    let util: Vec<Option<f64>> = gpus
+        .iter()
+        .map(|g| sample(g).map(|s| s.utilization_pct))
+        .collect();
+    let used: Vec<Option<i64>> = gpus
+        .iter()
+        .map(|g| sample(g).map(|s| i64::try_from(s.memory_used_mib).unwrap_or(i64::MAX)))
+        .collect();
+    let power: Vec<Option<f64>> = gpus.iter().map(|g| sample(g).map(|s| s.power_w)).collect();
+    let temp: Vec<Option<f64>> = gpus
+        .iter()
+        .map(|g| sample(g).map(|s| s.temperature_c))
+        .collect();
+    sqlx::query(
+        "INSERT INTO rm_gpus AS g (gpu_id, worker_id, model, memory_mib, utilization_pct, \
+             memory_used_mib, power_w, temperature_c, sampled_at) \
+         SELECT u.id, $1, u.model, u.mem, u.util, u.used, u.power, u.temp, \
+             CASE WHEN u.util IS NULL THEN NULL ELSE clock_timestamp() END \
+         FROM UNNEST($2::text[], $3::text[], $4::bigint[], $5::float8[], $6::bigint[], \
+                     $7::float8[], $8::float8[]) AS u(id, model, mem, util, used, power, temp) \
+         ON CONFLICT (gpu_id) DO UPDATE SET worker_id = EXCLUDED.worker_id, \
+             model = EXCLUDED.model, memory_mib = EXCLUDED.memory_mib, \
+             utilization_pct = COALESCE(EXCLUDED.utilization_pct, g.utilization_pct), \
+             memory_used_mib = COALESCE(EXCLUDED.memory_used_mib, g.memory_used_mib), \
+             power_w = COALESCE(EXCLUDED.power_w, g.power_w), \
+             temperature_c = COALESCE(EXCLUDED.temperature_c, g.temperature_c), \
+             sampled_at = COALESCE(EXCLUDED.sampled_at, g.sampled_at)",
+    )
+    .bind(worker_id)
+    .bind(&ids)
+    .bind(&models)
+    .bind(&memory)
+    .bind(&util)
+    .bind(&used)
+    .bind(&power)
+    .bind(&temp)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// The live allocations of any of `gpu_ids`.
+pub async fn holders(
+    conn: &mut PgConnection,
+    gpu_ids: &[String],
+) -> Result<Vec<Holder>, sqlx::Error> {
+    let rows: Vec<(String, Uuid)> = sqlx::query_as(
+        "SELECT gpu_id, workload_id FROM rm_allocations \
+         WHERE gpu_id = ANY($1) AND released_at IS NULL ORDER BY gpu_id",
+    )
+    .bind(gpu_ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(gpu_id, workload_id)| Holder {
+            gpu_id,
+            workload_id,
+        })
+        .collect())
+}
+
+/// Inserts the allocations of a gang. Returns how many rows went in: fewer than `gpu_ids`
+/// means the partial unique index (the backstop) refused a GPU someone holds.
+#[tracing::instrument(skip_all, fields(%workload_id, worker_id = %worker_id), err)]
+pub async fn allocate(
+    conn: &mut PgConnection,
+    workload_id: Uuid,
+    worker_id: &str,
+    gpu_ids: &[String],
+) -> Result<usize, sqlx::Error> {
+    let n = sqlx::query(
+        "INSERT INTO rm_allocations (workload_id, worker_id, gpu_id) \
+         SELECT $1, $2, g FROM UNNEST($3::text[]) AS g \
+         ON CONFLICT (gpu_id) WHERE released_at IS NULL DO NOTHING",
+    )
+    .bind(workload_id)
+    .bind(worker_id)
+    .bind(gpu_ids)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// Removes allocations inserted by this transaction that must not stand (the append they
+/// belonged to failed, or the backstop refused part of the gang).
+pub async fn undo_allocation(
+    conn: &mut PgConnection,
+    workload_id: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM rm_allocations WHERE workload_id = $1 AND released_at IS NULL")
+        .bind(workload_id)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Ends a workload's live allocation; returns the GPUs released.
+#[tracing::instrument(skip(conn), err)]
+pub async fn release(
+    conn: &mut PgConnection,
+    workload_id: Uuid,
+    reason: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE rm_allocations SET released_at = clock_timestamp(), release_reason = $2 \
+         WHERE workload_id = $1 AND released_at IS NULL RETURNING gpu_id",
+    )
+    .bind(workload_id)
+    .bind(reason)
+    .fetch_all(conn)
+    .await
+}
+
+/// A workload's live allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveAllocation {
+    /// The worker.
+    pub worker_id: String,
+    /// Its pool.
+    pub site: String,
+    /// The GPUs, sorted.
+    pub gpu_ids: Vec<String>,
+}
+
+/// The live allocation of a workload, if any.
+pub async fn live_allocation(
+    conn: &mut PgConnection,
+    workload_id: Uuid,
+) -> Result<Option<LiveAllocation>, sqlx::Error> {
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT a.worker_id, w.site, a.gpu_id FROM rm_allocations a \
+         JOIN rm_workers w ON w.worker_id = a.worker_id \
+         WHERE a.workload_id = $1 AND a.released_at IS NULL ORDER BY a.gpu_id",
+    )
+    .bind(workload_id)
+    .fetch_all(conn)
+    .await?;
+    let Some((worker_id, site, _)) = rows.first().cloned() else {
+        return Ok(None);
+    };
+    Ok(Some(LiveAllocation {
+        worker_id,
+        site,
+        gpu_ids: rows.into_iter().map(|r| r.2).collect(),
+    }))
+}
+
+/// The runs a worker holds GPUs for, with their ages (measured on the database clock).
+pub async fn held_runs(
+    conn: &mut PgConnection,
+    worker_id: &str,
+) -> Result<Vec<HeldRun>, sqlx::Error> {
+    let rows: Vec<(Uuid, f64, Option<f64>)> = sqlx::query_as(
+        "SELECT a.workload_id, \
+             EXTRACT(EPOCH FROM clock_timestamp() - min(a.allocated_at))::float8, \
+             EXTRACT(EPOCH FROM clock_timestamp() - r.missing_since)::float8 \
+         FROM rm_allocations a LEFT JOIN rm_runs r ON r.workload_id = a.workload_id \
+         WHERE a.worker_id = $1 AND a.released_at IS NULL \
+         GROUP BY a.workload_id, r.missing_since ORDER BY a.workload_id",
+    )
+    .bind(worker_id)
+    .fetch_all(conn)
+    .await?;
+    let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
+    Ok(rows
+        .into_iter()
+        .map(|(workload_id, held, missing)| HeldRun {
+            workload_id,
+            held_for: secs(held),
+            missing_for: missing.map(secs),
+        })
+        .collect())
+}
+
+/// Starts (`missing`) or stops the clock of runs omitted from heartbeats.
+pub async fn set_missing(
+    conn: &mut PgConnection,
+    workload_ids: &[Uuid],
+    missing: bool,
+) -> Result<(), sqlx::Error> {
+    if workload_ids.is_empty() {
+        return Ok(());
+    }
+    let sql = if missing {
+        "UPDATE rm_runs SET missing_since = clock_timestamp() \
+         WHERE workload_id = ANY($1) AND missing_since IS NULL"
+    } else {
+        "UPDATE rm_runs SET missing_since = NULL WHERE workload_id = ANY($1)"
+    };
+    sqlx::query(sql)
+        .bind(workload_ids)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Records a placement in `rm_runs`.
+#[allow(clippy::too_many_arguments)]
+pub async fn upsert_run(
+    conn: &mut PgConnection,
+    workload_id: Uuid,
+    worker_id: &str,
+    model: &str,
+    duration_s: u32,
+    checkpoint_progress: f64,
+    state: &str,
+    stream_version: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO rm_runs (workload_id, worker_id, model, duration_s, checkpoint_progress, \
+             state, stream_version, scheduled_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+         ON CONFLICT (workload_id) DO UPDATE SET worker_id = EXCLUDED.worker_id, \
+             model = EXCLUDED.model, duration_s = EXCLUDED.duration_s, \
+             checkpoint_progress = EXCLUDED.checkpoint_progress, state = EXCLUDED.state, \
+             stream_version = EXCLUDED.stream_version, \
+             scheduled_version = EXCLUDED.scheduled_version, missing_since = NULL, \
+             updated_at = clock_timestamp()",
+    )
+    .bind(workload_id)
+    .bind(worker_id)
+    .bind(model)
+    .bind(i32::try_from(duration_s).unwrap_or(i32::MAX))
+    .bind(checkpoint_progress)
+    .bind(state)
+    .bind(stream_version)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// Updates what the resource-manager knows of a run after an append or a read
+/// (`checkpoint_progress` `None` keeps the stored one).
+pub async fn update_run(
+    conn: &mut PgConnection,
+    workload_id: Uuid,
+    state: &str,
+    stream_version: i64,
+    checkpoint_progress: Option<f64>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE rm_runs SET state = $2, stream_version = GREATEST(stream_version, $3), \
+             checkpoint_progress = COALESCE($4, checkpoint_progress), \
+             updated_at = clock_timestamp() WHERE workload_id = $1",
+    )
+    .bind(workload_id)
+    .bind(state)
+    .bind(stream_version)
+    .bind(checkpoint_progress)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// Sequence of the `workload.scheduled` event of a run's current placement.
+pub async fn scheduled_version(
+    conn: &mut PgConnection,
+    workload_id: Uuid,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT scheduled_version FROM rm_runs WHERE workload_id = $1")
+        .bind(workload_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// A healthy worker silent past the timeout.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SilentWorker {
+    /// The worker.
+    pub worker_id: String,
+    /// Its pool.
+    pub site: String,
+}
+
+/// Healthy workers whose last heartbeat is older than `timeout`.
+pub async fn silent_workers(
+    conn: &mut PgConnection,
+    timeout: Duration,
+) -> Result<Vec<SilentWorker>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT worker_id, site FROM rm_workers WHERE state = 'healthy' \
+         AND last_seen < clock_timestamp() - make_interval(secs => $1) ORDER BY site, worker_id",
+    )
+    .bind(timeout.as_secs_f64())
+    .fetch_all(conn)
+    .await
+}
+
+/// Marks a worker lost if it is still healthy and silent (checked again under the pool lock).
+/// Returns how long it was silent and its last heartbeat's id. A row locked by a heartbeat
+/// being applied right now is skipped, not waited for: that worker is alive, and waiting
+/// (pool lock held) for a transaction that may want the pool lock next could deadlock.
+pub async fn mark_lost(
+    conn: &mut PgConnection,
+    worker_id: &str,
+    timeout: Duration,
+) -> Result<Option<(f64, Option<Uuid>)>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE rm_workers SET state = 'lost', lost_at = clock_timestamp() \
+         WHERE worker_id = (SELECT worker_id FROM rm_workers \
+             WHERE worker_id = $1 AND state = 'healthy' \
+               AND last_seen < clock_timestamp() - make_interval(secs => $2) \
+             FOR UPDATE SKIP LOCKED) \
+         RETURNING EXTRACT(EPOCH FROM clock_timestamp() - last_seen)::float8, last_report_id",
+    )
+    .bind(worker_id)
+    .bind(timeout.as_secs_f64())
+    .fetch_optional(conn)
+    .await
+}
+
+/// The workloads holding GPUs on a worker.
+pub async fn workloads_on(
+    conn: &mut PgConnection,
+    worker_id: &str,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT workload_id FROM rm_allocations \
+         WHERE worker_id = $1 AND released_at IS NULL ORDER BY workload_id",
+    )
+    .bind(worker_id)
+    .fetch_all(conn)
+    .await
+}
+
+/// Whether some known worker (healthy or not) has enough GPUs meeting the workload's
+/// constraints; `true` when no worker is known yet (nothing can be ruled out).
+pub async fn fleet_could_fit(
+    conn: &mut PgConnection,
+    workload: &WorkloadSubmitted,
+) -> Result<bool, sqlx::Error> {
+    let rows: Vec<(String, Json<Vec<GpuSpec>>)> =
+        sqlx::query_as("SELECT worker_id, gpus FROM rm_workers")
+            .fetch_all(conn)
+            .await?;
+    if rows.is_empty() {
+        return Ok(true);
+    }
+    Ok(rows.iter().any(|(_, gpus)| {
+        gpus.0.iter().filter(|g| gpu_fits(workload, g)).count() >= workload.gpu_count as usize
+    }))
+}
+
+/// Live allocations and workers by state, for the gauges.
+pub async fn gauges(conn: &mut PgConnection) -> Result<(i64, i64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM rm_allocations WHERE released_at IS NULL), \
+                (SELECT count(*) FROM rm_workers WHERE state = 'healthy'), \
+                (SELECT count(*) FROM rm_workers WHERE state = 'lost')",
+    )
+    .fetch_one(conn)
+    .await
+}
+
+/// Deletes everything the resource-manager wrote (before a rebuild).
+pub async fn reset(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("TRUNCATE rm_allocations, rm_runs, rm_gpus, rm_workers")
+        .execute(conn)
+        .await
+        .map(|_| ())
+}

@@ -1,0 +1,705 @@
+//! The router's SQL, in small named functions: the projection's writes (inside the consumer's
+//! transaction) and the placement loop's incremental reads.
+
+use hcp_db::sqlx::{self, PgConnection, PgPool};
+use hcp_domain::breaker::Breaker;
+use hcp_domain::classify::Classification;
+use hcp_domain::placement::{ClassCapacity, FleetShape};
+use hcp_domain::WorkloadState;
+use hcp_events::payload::{WorkerRegistered, WorkloadSubmitted};
+use hcp_events::{Envelope, WorkloadKind};
+use sqlx::types::Json;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// Column value of a kind.
+pub const fn kind_str(kind: WorkloadKind) -> &'static str {
+    match kind {
+        WorkloadKind::RealtimeInference => "realtime_inference",
+        WorkloadKind::BatchInference => "batch_inference",
+        WorkloadKind::Training => "training",
+    }
+}
+
+/// Parses a kind column.
+pub fn parse_kind(s: &str) -> Option<WorkloadKind> {
+    [
+        WorkloadKind::RealtimeInference,
+        WorkloadKind::BatchInference,
+        WorkloadKind::Training,
+    ]
+    .into_iter()
+    .find(|k| kind_str(*k) == s)
+}
+
+fn i32_of(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+/// Where an event leaves a workload row: its new state and the event's position.
+#[derive(Debug, Clone, Copy)]
+pub struct Step {
+    /// The workload.
+    pub workload_id: Uuid,
+    /// State after the event.
+    pub state: WorkloadState,
+    /// The event's stream sequence.
+    pub version: i64,
+    /// The event's id (the causation of what the router appends next).
+    pub event_id: Uuid,
+    /// The event's time.
+    pub at: OffsetDateTime,
+}
+
+impl Step {
+    /// The step an envelope makes to `state`.
+    pub fn of(e: &Envelope, workload_id: Uuid, state: WorkloadState) -> Self {
+        Self {
+            workload_id,
+            state,
+            version: e.sequence,
+            event_id: e.event_id,
+            at: e.occurred_at,
+        }
+    }
+}
+
+/// Records a new submission (unclassified). Returns false when the workload was known already.
+#[tracing::instrument(skip_all, fields(workload_id = %p.workload_id), err)]
+pub async fn insert_submitted(
+    tx: &mut PgConnection,
+    e: &Envelope,
+    p: &WorkloadSubmitted,
+) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query(
+        "INSERT INTO router_queue (workload_id, tenant_id, tier, model, gpu_count, gpu_type, \
+             gpu_memory_mib, duration_s, deadline, state, last_version, last_event_id, \
+             correlation_id, submitted_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', $10, $11, $12, $13, $13) \
+         ON CONFLICT (workload_id) DO NOTHING",
+    )
+    .bind(p.workload_id)
+    .bind(&p.tenant_id)
+    .bind(p.tier.as_str())
+    .bind(&p.model)
+    .bind(i32_of(p.gpu_count))
+    .bind(&p.gpu_type)
+    .bind(i64::from(p.gpu_memory_gib.unwrap_or(0)) * 1024)
+    .bind(i32_of(p.duration_s))
+    .bind(p.deadline)
+    .bind(e.sequence)
+    .bind(e.event_id)
+    .bind(e.correlation_id)
+    .bind(e.occurred_at)
+    .execute(tx)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// The fleet's largest gang per GPU class (what could ever be placed).
+pub async fn fleet_shape(tx: &mut PgConnection) -> Result<FleetShape, sqlx::Error> {
+    let rows: Vec<(String, i64, i32, String)> = sqlx::query_as(
+        "SELECT model, memory_mib, largest_gang, worker_id FROM router_fleet_classes",
+    )
+    .fetch_all(tx)
+    .await?;
+    Ok(FleetShape::from_classes(rows.into_iter().map(
+        |(model, memory_mib, gang, worker_id)| ClassCapacity {
+            model,
+            memory_mib: u64::try_from(memory_mib).unwrap_or(0),
+            largest_gang: u32::try_from(gang).unwrap_or(0),
+            worker_id,
+        },
+    )))
+}
+
+/// What the projection needs of a workload row, locked for the transaction.
+#[derive(Debug, Clone)]
+pub struct LiveRow {
+    /// Current state.
+    pub state: WorkloadState,
+    /// Last stream sequence reflected in the row.
+    pub last_version: i64,
+    /// Rejected placements since last queued.
+    pub attempts: u32,
+    /// The worker it is on, if any.
+    pub worker_id: Option<String>,
+}
+
+/// Locks and reads a workload row (`None`: unknown or purged).
+pub async fn lock_workload(
+    tx: &mut PgConnection,
+    workload_id: Uuid,
+) -> Result<Option<LiveRow>, sqlx::Error> {
+    let row: Option<(String, i64, i32, Option<String>)> = sqlx::query_as(
+        "SELECT state, last_version, attempts, worker_id FROM router_queue \
+         WHERE workload_id = $1 FOR UPDATE",
+    )
+    .bind(workload_id)
+    .fetch_optional(tx)
+    .await?;
+    Ok(row.and_then(|(state, last_version, attempts, worker_id)| {
+        Some(LiveRow {
+            state: WorkloadState::parse(&state)?,
+            last_version,
+            attempts: u32::try_from(attempts).unwrap_or(0),
+            worker_id,
+        })
+    }))
+}
+
+/// Moves a row to the step's state and version, nothing else.
+pub async fn advance(tx: &mut PgConnection, s: &Step) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE router_queue SET state = $2, last_version = $3, last_event_id = $4, \
+             updated_at = $5 WHERE workload_id = $1",
+    )
+    .bind(s.workload_id)
+    .bind(s.state.as_str())
+    .bind(s.version)
+    .bind(s.event_id)
+    .bind(s.at)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Records the classification of a queued workload.
+pub async fn classify(
+    tx: &mut PgConnection,
+    s: &Step,
+    kind: WorkloadKind,
+    priority: u8,
+    interruptible: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE router_queue SET state = $2, last_version = $3, last_event_id = $4, \
+             updated_at = $5, kind = $6, priority = $7, interruptible = $8, \
+             queued_at = COALESCE(queued_at, $5) \
+         WHERE workload_id = $1",
+    )
+    .bind(s.workload_id)
+    .bind(s.state.as_str())
+    .bind(s.version)
+    .bind(s.event_id)
+    .bind(s.at)
+    .bind(kind_str(kind))
+    .bind(i16::from(priority))
+    .bind(interruptible)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// [`classify`] from a [`Classification`].
+pub async fn classify_as(
+    tx: &mut PgConnection,
+    s: &Step,
+    c: &Classification,
+) -> Result<(), sqlx::Error> {
+    classify(tx, s, c.kind, c.priority, c.interruptible).await
+}
+
+/// Records a proposal waiting for the resource-manager's answer.
+pub async fn mark_proposed(
+    tx: &mut PgConnection,
+    s: &Step,
+    worker_id: &str,
+    gpu_ids: &[String],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE router_queue SET state = $2, last_version = $3, last_event_id = $4, \
+             updated_at = $5, proposed_worker = $6, proposed_gpus = $7, proposed_at = $5 \
+         WHERE workload_id = $1",
+    )
+    .bind(s.workload_id)
+    .bind(s.state.as_str())
+    .bind(s.version)
+    .bind(s.event_id)
+    .bind(s.at)
+    .bind(worker_id)
+    .bind(gpu_ids)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Records a refused placement: the attempt count and when to try again.
+pub async fn record_rejection(
+    tx: &mut PgConnection,
+    s: &Step,
+    attempts: u32,
+    next_attempt_at: Option<OffsetDateTime>,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE router_queue SET state = $2, last_version = $3, last_event_id = $4, \
+             updated_at = $5, attempts = $6, next_attempt_at = $7, last_error = $8, \
+             proposed_worker = NULL, proposed_gpus = NULL, proposed_at = NULL \
+         WHERE workload_id = $1",
+    )
+    .bind(s.workload_id)
+    .bind(s.state.as_str())
+    .bind(s.version)
+    .bind(s.event_id)
+    .bind(s.at)
+    .bind(i32_of(attempts))
+    .bind(next_attempt_at)
+    .bind(reason)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Records where a scheduled workload runs and marks its GPUs held.
+pub async fn assign(
+    tx: &mut PgConnection,
+    s: &Step,
+    worker_id: &str,
+    gpu_ids: &[String],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE router_queue SET state = $2, last_version = $3, last_event_id = $4, \
+             updated_at = $5, worker_id = $6, gpu_ids = $7, progress_at = $5, \
+             next_attempt_at = NULL, proposed_worker = NULL, proposed_gpus = NULL, \
+             proposed_at = NULL \
+         WHERE workload_id = $1",
+    )
+    .bind(s.workload_id)
+    .bind(s.state.as_str())
+    .bind(s.version)
+    .bind(s.event_id)
+    .bind(s.at)
+    .bind(worker_id)
+    .bind(gpu_ids)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE router_gpus SET held_by = $1 WHERE gpu_id = ANY($2)")
+        .bind(s.workload_id)
+        .bind(gpu_ids)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// Restarts the progress-at-risk clock (run started, or a checkpoint at `progress`).
+pub async fn mark_progress(
+    tx: &mut PgConnection,
+    s: &Step,
+    progress: Option<f64>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE router_queue SET state = $2, last_version = $3, last_event_id = $4, \
+             updated_at = $5, progress_at = $5, progress = COALESCE($6, progress) \
+         WHERE workload_id = $1",
+    )
+    .bind(s.workload_id)
+    .bind(s.state.as_str())
+    .bind(s.version)
+    .bind(s.event_id)
+    .bind(s.at)
+    .bind(progress)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Records a preemption (the victim stops and comes back requeued).
+pub async fn mark_preempted(
+    tx: &mut PgConnection,
+    s: &Step,
+    for_workload_id: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE router_queue SET state = $2, last_version = $3, last_event_id = $4, \
+             updated_at = $5, preempted_for = $6, preempted_at = $5 \
+         WHERE workload_id = $1",
+    )
+    .bind(s.workload_id)
+    .bind(s.state.as_str())
+    .bind(s.version)
+    .bind(s.event_id)
+    .bind(s.at)
+    .bind(for_workload_id)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Puts a workload back in the queue with its old classification, from `progress`, and frees
+/// its GPUs.
+pub async fn requeue(tx: &mut PgConnection, s: &Step, progress: f64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE router_queue SET state = $2, last_version = $3, last_event_id = $4, \
+             updated_at = $5, progress = $6, worker_id = NULL, gpu_ids = '{}', \
+             progress_at = NULL, attempts = 0, next_attempt_at = NULL, preempted_for = NULL, \
+             queued_at = $5, proposed_worker = NULL, proposed_gpus = NULL, proposed_at = NULL \
+         WHERE workload_id = $1",
+    )
+    .bind(s.workload_id)
+    .bind(s.state.as_str())
+    .bind(s.version)
+    .bind(s.event_id)
+    .bind(s.at)
+    .bind(progress)
+    .execute(&mut *tx)
+    .await?;
+    release_gpus(tx, s.workload_id).await
+}
+
+/// Ends a workload (completed, failed, cancelled) and frees its GPUs.
+pub async fn end(tx: &mut PgConnection, s: &Step, error: Option<&str>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE router_queue SET state = $2, last_version = $3, last_event_id = $4, \
+             updated_at = $5, last_error = COALESCE($6, last_error) \
+         WHERE workload_id = $1",
+    )
+    .bind(s.workload_id)
+    .bind(s.state.as_str())
+    .bind(s.version)
+    .bind(s.event_id)
+    .bind(s.at)
+    .bind(error)
+    .execute(&mut *tx)
+    .await?;
+    release_gpus(tx, s.workload_id).await
+}
+
+/// Frees every GPU a workload holds.
+pub async fn release_gpus(tx: &mut PgConnection, workload_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE router_gpus SET held_by = NULL WHERE held_by = $1")
+        .bind(workload_id)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// Upserts a worker and its GPUs (GPUs it no longer reports are marked removed), then
+/// refreshes the per-class capacity tables.
+#[tracing::instrument(skip_all, fields(worker_id = %p.worker_id), err)]
+pub async fn register_worker(
+    tx: &mut PgConnection,
+    p: &WorkerRegistered,
+    at: OffsetDateTime,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO router_workers (worker_id, site, backend, healthy, registered_at, updated_at) \
+         VALUES ($1, $2, $3, true, $4, $4) \
+         ON CONFLICT (worker_id) DO UPDATE SET site = EXCLUDED.site, \
+             backend = EXCLUDED.backend, healthy = true, updated_at = EXCLUDED.updated_at",
+    )
+    .bind(&p.worker_id)
+    .bind(&p.site)
+    .bind(&p.backend)
+    .bind(at)
+    .execute(&mut *tx)
+    .await?;
+    let ids: Vec<&str> = p.gpus.iter().map(|g| g.gpu_id.as_str()).collect();
+    let models: Vec<&str> = p.gpus.iter().map(|g| g.model.as_str()).collect();
+    let memory: Vec<i64> = p
+        .gpus
+        .iter()
+        .map(|g| i64::try_from(g.memory_mib).unwrap_or(i64::MAX))
+        .collect();
+    sqlx::query(
+        "INSERT INTO router_gpus (gpu_id, worker_id, model, memory_mib) \
+         SELECT g.id, $1, g.model, g.mem FROM UNNEST($2::text[], $3::text[], $4::bigint[]) \
+             AS g(id, model, mem) \
+         ON CONFLICT (gpu_id) DO UPDATE SET worker_id = EXCLUDED.worker_id, \
+             model = EXCLUDED.model, memory_mib = EXCLUDED.memory_mib, removed = false \
+         WHERE router_gpus.worker_id IS DISTINCT FROM EXCLUDED.worker_id \
+            OR router_gpus.model IS DISTINCT FROM EXCLUDED.model \
+            OR router_gpus.memory_mib IS DISTINCT FROM EXCLUDED.memory_mib \
+            OR router_gpus.removed",
+    )
+    .bind(&p.worker_id)
+    .bind(&ids)
+    .bind(&models)
+    .bind(&memory)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE router_gpus SET removed = true \
+         WHERE worker_id = $1 AND NOT removed AND NOT (gpu_id = ANY($2))",
+    )
+    .bind(&p.worker_id)
+    .bind(&ids)
+    .execute(&mut *tx)
+    .await?;
+    // Workloads scheduled before we saw this worker (the topics are not ordered with each
+    // other) hold their GPUs all the same.
+    sqlx::query(
+        "UPDATE router_gpus g SET held_by = q.workload_id FROM router_queue q \
+         WHERE g.worker_id = $1 AND g.held_by IS NULL AND NOT g.removed \
+           AND q.worker_id = $1 AND g.gpu_id = ANY(q.gpu_ids) \
+           AND q.state IN ('scheduled', 'running', 'paused', 'preempted')",
+    )
+    .bind(&p.worker_id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM router_worker_classes WHERE worker_id = $1")
+        .bind(&p.worker_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO router_worker_classes (worker_id, model, memory_mib, gpus) \
+         SELECT worker_id, model, memory_mib, count(*) FROM router_gpus \
+         WHERE worker_id = $1 AND NOT removed GROUP BY worker_id, model, memory_mib",
+    )
+    .bind(&p.worker_id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM router_fleet_classes")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO router_fleet_classes (model, memory_mib, largest_gang, worker_id) \
+         SELECT DISTINCT ON (model, memory_mib) model, memory_mib, gpus, worker_id \
+         FROM router_worker_classes ORDER BY model, memory_mib, gpus DESC, worker_id",
+    )
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Marks a worker unhealthy.
+pub async fn mark_lost(
+    tx: &mut PgConnection,
+    worker_id: &str,
+    at: OffsetDateTime,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE router_workers SET healthy = false, updated_at = $2 WHERE worker_id = $1")
+        .bind(worker_id)
+        .bind(at)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// Applies `change` to a worker's breaker (locked); unknown workers are ignored. Writes only
+/// when the state changed.
+pub async fn update_breaker(
+    tx: &mut PgConnection,
+    worker_id: &str,
+    change: impl FnOnce(&mut Breaker),
+) -> Result<(), sqlx::Error> {
+    let current: Option<Json<Breaker>> =
+        sqlx::query_scalar("SELECT breaker FROM router_workers WHERE worker_id = $1 FOR UPDATE")
+            .bind(worker_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(Json(before)) = current else {
+        return Ok(());
+    };
+    let mut after = before;
+    change(&mut after);
+    if after != before {
+        sqlx::query("UPDATE router_workers SET breaker = $2 WHERE worker_id = $1")
+            .bind(worker_id)
+            .bind(Json(after))
+            .execute(tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// A worker as the placement loop reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct WorkerRow {
+    /// Worker id.
+    pub worker_id: String,
+    /// Site.
+    pub site: String,
+    /// Not lost.
+    pub healthy: bool,
+    /// Breaker state.
+    pub breaker: Json<Breaker>,
+}
+
+/// A GPU as the placement loop reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct GpuRow {
+    /// GPU id.
+    pub gpu_id: String,
+    /// Its worker.
+    pub worker_id: String,
+    /// Model.
+    pub model: String,
+    /// Memory, MiB.
+    pub memory_mib: i64,
+    /// No longer reported.
+    pub removed: bool,
+    /// Holder, if any.
+    pub held_by: Option<Uuid>,
+}
+
+/// A workload as the placement loop reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct WorkloadRow {
+    /// The workload.
+    pub workload_id: Uuid,
+    /// Owner.
+    pub tenant_id: String,
+    /// Class (NULL until queued).
+    pub kind: Option<String>,
+    /// Priority (NULL until queued).
+    pub priority: Option<i16>,
+    /// Interruptible (NULL until queued).
+    pub interruptible: Option<bool>,
+    /// GPUs wanted.
+    pub gpu_count: i32,
+    /// GPU type wanted.
+    pub gpu_type: Option<String>,
+    /// Memory per GPU wanted, MiB.
+    pub gpu_memory_mib: i64,
+    /// Start-by time.
+    pub deadline: Option<OffsetDateTime>,
+    /// State.
+    pub state: String,
+    /// Last known stream version.
+    pub last_version: i64,
+    /// Last event id.
+    pub last_event_id: Uuid,
+    /// Correlation id of the workload's flow.
+    pub correlation_id: Uuid,
+    /// Refused placements.
+    pub attempts: i32,
+    /// Not before.
+    pub next_attempt_at: Option<OffsetDateTime>,
+    /// Worker of the proposal waiting for an answer.
+    pub proposed_worker: Option<String>,
+    /// GPUs of that proposal.
+    pub proposed_gpus: Option<Vec<String>>,
+    /// When it was proposed.
+    pub proposed_at: Option<OffsetDateTime>,
+    /// Current worker.
+    pub worker_id: Option<String>,
+    /// Current GPUs.
+    pub gpu_ids: Vec<String>,
+    /// Since when progress is at risk.
+    pub progress_at: Option<OffsetDateTime>,
+    /// Real-time workload it was preempted for.
+    pub preempted_for: Option<Uuid>,
+    /// When it was last preempted.
+    pub preempted_at: Option<OffsetDateTime>,
+    /// When it (re)entered the queue.
+    pub queued_at: Option<OffsetDateTime>,
+    /// When it was submitted.
+    pub submitted_at: OffsetDateTime,
+}
+
+/// Rows written since a watermark, read in one snapshot, and the next watermark.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// The oldest transaction still running at this snapshot: the next read's watermark.
+    pub next_watermark: i64,
+    /// Changed workers.
+    pub workers: Vec<WorkerRow>,
+    /// Changed GPUs.
+    pub gpus: Vec<GpuRow>,
+    /// Changed workloads.
+    pub workloads: Vec<WorkloadRow>,
+}
+
+/// Reads every row written by a transaction at or after `watermark` (0: everything). Rows
+/// may come again in a later read; never is one missed.
+#[tracing::instrument(skip(pool), err)]
+pub async fn read_changes(pool: &PgPool, watermark: i64) -> Result<Changes, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let next: String = sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+        .fetch_one(&mut *tx)
+        .await?;
+    let since = watermark.to_string();
+    let workers = sqlx::query_as(
+        "SELECT worker_id, site, healthy, breaker FROM router_workers \
+         WHERE changed_xid >= $1::text::xid8",
+    )
+    .bind(&since)
+    .fetch_all(&mut *tx)
+    .await?;
+    let gpus = sqlx::query_as(
+        "SELECT gpu_id, worker_id, model, memory_mib, removed, held_by FROM router_gpus \
+         WHERE changed_xid >= $1::text::xid8",
+    )
+    .bind(&since)
+    .fetch_all(&mut *tx)
+    .await?;
+    let workloads = sqlx::query_as(
+        "SELECT workload_id, tenant_id, kind, priority, interruptible, gpu_count, gpu_type, \
+             gpu_memory_mib, deadline, state, last_version, last_event_id, correlation_id, \
+             attempts, next_attempt_at, proposed_worker, proposed_gpus, proposed_at, \
+             worker_id, gpu_ids, progress_at, preempted_for, \
+             preempted_at, queued_at, submitted_at \
+         FROM router_queue WHERE changed_xid >= $1::text::xid8 \
+         ORDER BY queued_at NULLS LAST, submitted_at, workload_id",
+    )
+    .bind(&since)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Changes {
+        next_watermark: next.parse().unwrap_or(watermark),
+        workers,
+        gpus,
+        workloads,
+    })
+}
+
+/// Scoring attributes of a site.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SiteRow {
+    /// Latency, ms.
+    pub latency_ms: Option<f64>,
+    /// Cost, $ per GPU-hour.
+    pub cost_per_gpu_hour: Option<f64>,
+    /// Profitability, 0-1.
+    pub profitability: Option<f64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct SiteRecord {
+    site: String,
+    latency_ms: Option<f64>,
+    cost_per_gpu_hour: Option<f64>,
+    profitability: Option<f64>,
+}
+
+/// Every site's scoring attributes.
+pub async fn read_sites(
+    pool: &PgPool,
+) -> Result<std::collections::HashMap<String, SiteRow>, sqlx::Error> {
+    let rows: Vec<SiteRecord> = sqlx::query_as(
+        "SELECT site, latency_ms, cost_per_gpu_hour, profitability FROM router_sites",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            (
+                r.site,
+                SiteRow {
+                    latency_ms: r.latency_ms,
+                    cost_per_gpu_hour: r.cost_per_gpu_hour,
+                    profitability: r.profitability,
+                },
+            )
+        })
+        .collect())
+}
+
+/// Deletes workloads that ended before `before`. Returns how many.
+pub async fn purge_ended(pool: &PgPool, before: OffsetDateTime) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM router_queue WHERE state IN ('completed', 'failed', 'cancelled') \
+         AND updated_at < $1",
+    )
+    .bind(before)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
