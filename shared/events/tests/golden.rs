@@ -148,6 +148,78 @@ fn sample(ty: EventType) -> Event {
             workload_id,
             requested_by: "tenant:acme".into(),
         }),
+        EventType::DemandResponseRequested => {
+            Event::DemandResponseRequested(DemandResponseRequested {
+                dr_id: Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0005),
+                zone: "LZ_WEST".into(),
+                site: Some("west-1".into()),
+                curtail_mw: 10.0,
+                respond_within_s: 60,
+                duration_s: 3600,
+                issued_at: datetime!(2023-08-10 20:00 UTC),
+            })
+        }
+        EventType::PeakWarningIssued => Event::PeakWarningIssued(PeakWarningIssued {
+            zone: "ERCOT".into(),
+            interval_start: datetime!(2023-08-10 21:00 UTC),
+            probability: 0.6,
+            load_mw: 85_000.0,
+        }),
+        EventType::AsicTelemetryBatch => Event::AsicTelemetryBatch(AsicTelemetryBatch {
+            site: "west-1".into(),
+            rack: "west-1/r0001".into(),
+            sampled_at: datetime!(2023-08-10 20:00:01 UTC),
+            samples: vec![AsicSample {
+                asic_id: "west-1/r0001/a01".into(),
+                model: "S21 XP".into(),
+                state: AsicState::Hashing,
+                hashrate_ths: 270.5,
+                power_w: 3645.0,
+                power_target_w: 3645.0,
+                temperature_c: 68.5,
+                hw_errors: 0,
+                accepted_shares: 12,
+            }],
+        }),
+        EventType::AsicCommandIssued => Event::AsicCommandIssued(AsicCommandIssued {
+            command_id: Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0006),
+            site: "west-1".into(),
+            target: AsicScope::Model {
+                model: "S21".into(),
+            },
+            action: AsicAction::Curtail,
+            decision_id: Some(Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0007)),
+        }),
+        EventType::DecisionMade => Event::DecisionMade(DecisionMade {
+            decision_id: Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0007),
+            site: "west-1".into(),
+            policy: "rule".into(),
+            reason: "price 4987.25 $/MWh above S21 break-even 61.2 $/MWh".into(),
+            asic_targets: vec![
+                AsicTarget {
+                    model: "S21".into(),
+                    fraction: 0.0,
+                },
+                AsicTarget {
+                    model: "S21 XP".into(),
+                    fraction: 0.0,
+                },
+            ],
+            gpu_batch_allowed: false,
+            target_mw: 1.3,
+            energy_usd_per_mwh: 4987.25,
+            hashprice_usd_per_th_day: 0.07,
+            expected_profit_usd_per_h: 1530.0,
+            dr_id: None,
+        }),
+        EventType::DecisionConfirmed => Event::DecisionConfirmed(DecisionConfirmed {
+            decision_id: Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0007),
+            site: "west-1".into(),
+            target_mw: 1.3,
+            measured_mw: 1.28,
+            after_s: 4.2,
+            met: true,
+        }),
         EventType::MarketPriceObserved => Event::MarketPriceObserved(MarketPriceObserved {
             series: "ercot.rt.LZ_WEST".into(),
             interval_start: datetime!(2023-08-10 20:00 UTC),
