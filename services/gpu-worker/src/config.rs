@@ -84,6 +84,28 @@ pub struct WorkerSettings {
     pub idle_power_w: f64,
     /// Board power at full utilisation, W.
     pub max_power_w: f64,
+    /// `sim` (simulated GPUs, the default) or `cuda` (real NVIDIA GPUs; without a driver the
+    /// worker says so in one line and exits non-zero).
+    #[serde(default)]
+    pub backend: BackendKind,
+    /// CUDA backend: fraction of each GPU's memory that resident models may hold.
+    #[serde(default = "default_vram_budget_fraction")]
+    pub vram_budget_fraction: f64,
+}
+
+/// Which device backend the worker runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Simulated GPUs.
+    #[default]
+    Sim,
+    /// Real NVIDIA GPUs through CUDA.
+    Cuda,
+}
+
+fn default_vram_budget_fraction() -> f64 {
+    crate::vram::DEFAULT_BUDGET_FRACTION
 }
 
 impl Default for WorkerSettings {
@@ -106,6 +128,8 @@ impl Default for WorkerSettings {
             default_model_gib: 2.0,
             idle_power_w: 70.0,
             max_power_w: 700.0,
+            backend: BackendKind::Sim,
+            vram_budget_fraction: default_vram_budget_fraction(),
         }
     }
 }
@@ -136,6 +160,12 @@ impl WorkerSettings {
         }
         if self.site.is_empty() {
             return bad("site must not be empty");
+        }
+        if self.backend == BackendKind::Cuda && self.count != 1 {
+            return bad("backend = \"cuda\" runs one worker per process (count = 1)");
+        }
+        if !(self.vram_budget_fraction > 0.0 && self.vram_budget_fraction <= 1.0) {
+            return bad("vram_budget_fraction must be in (0, 1]");
         }
         Ok(())
     }
@@ -190,7 +220,26 @@ mod tests {
         assert_eq!(s.admin.port, 9104);
         assert_eq!(s.worker.gpus_per_worker, 8);
         assert_eq!(s.worker.heartbeat(), Duration::from_secs(1));
+        assert_eq!(s.worker.backend, BackendKind::Sim);
         s.worker.validate().unwrap();
+    }
+
+    #[test]
+    fn the_cuda_backend_is_chosen_by_name() {
+        let f = Figment::new()
+            .merge(Toml::string(COMMON_DEFAULTS))
+            .merge(Toml::string(DEFAULTS))
+            .merge(Toml::string(
+                "[worker]\nbackend = \"cuda\"\nvram_budget_fraction = 0.5",
+            ));
+        let s: Settings = from_figment(f).unwrap();
+        assert_eq!(s.worker.backend, BackendKind::Cuda);
+        assert_eq!(s.worker.vram_budget_fraction, 0.5);
+        let bad = Figment::new()
+            .merge(Toml::string(COMMON_DEFAULTS))
+            .merge(Toml::string(DEFAULTS))
+            .merge(Toml::string("[worker]\nbackend = \"rocm\""));
+        assert!(from_figment::<Settings>(bad).is_err());
     }
 
     #[test]

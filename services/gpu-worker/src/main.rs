@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use hcp_gpu_worker::{Settings, WorkerNode, COMMON_DEFAULTS, DEFAULTS};
+use hcp_gpu_worker::backend::cuda::runner::CudaBackend;
+use hcp_gpu_worker::{BackendKind, Settings, WorkerNode, COMMON_DEFAULTS, DEFAULTS};
 use hcp_runtime::Shutdown;
 use hcp_telemetry::{AdminServer, Readiness};
 
@@ -23,6 +24,10 @@ async fn main() -> std::process::ExitCode {
 async fn run() -> anyhow::Result<()> {
     let settings: Settings = hcp_runtime::load_layered(&[COMMON_DEFAULTS, DEFAULTS])?;
     settings.worker.validate()?;
+    if settings.worker.backend == BackendKind::Cuda {
+        // Before anything else, so a host without a driver gets one clear line and exit 1.
+        hcp_gpu_worker::backend::cuda::require(&settings.worker)?;
+    }
     let _telemetry = hcp_telemetry::init_tracing(&settings.service_name, &settings.telemetry)?;
     hcp_gpu_worker::metrics::describe();
     hcp_bus::metrics_names::describe();
@@ -45,16 +50,34 @@ async fn run() -> anyhow::Result<()> {
     hcp_bus::admin::ensure_all_topics(&settings.kafka)
         .await
         .with_context(|| format!("failed to create topics on {}", settings.kafka.brokers))?;
-    let node = WorkerNode::simulated(settings.worker.clone(), settings.kafka.clone());
-    let ids = node.worker_ids();
+    let (ids, mut node_task) = match settings.worker.backend {
+        BackendKind::Sim => {
+            let node = WorkerNode::simulated(settings.worker.clone(), settings.kafka.clone());
+            (node.worker_ids(), tokio::spawn(node.run(shutdown.token())))
+        }
+        BackendKind::Cuda => {
+            // Opening GPUs (contexts, NVRTC compiles) blocks: off the runtime.
+            let worker = settings.worker.clone();
+            let backend = tokio::task::spawn_blocking(move || CudaBackend::open(&worker))
+                .await
+                .context("GPU setup panicked")??;
+            let id = settings.worker.base_id();
+            let node = WorkerNode::new(
+                settings.worker.clone(),
+                settings.kafka.clone(),
+                vec![(id, backend)],
+            );
+            (node.worker_ids(), tokio::spawn(node.run(shutdown.token())))
+        }
+    };
     tracing::info!(
         workers = ids.len(),
         first = ids.first().map(String::as_str).unwrap_or_default(),
         site = %settings.worker.site,
+        backend = ?settings.worker.backend,
         brokers = %settings.kafka.brokers,
         "gpu worker starting"
     );
-    let mut node_task = tokio::spawn(node.run(shutdown.token()));
     readiness.set("kafka", true);
     let token = shutdown.token();
     tokio::select! {

@@ -247,7 +247,7 @@ fn spawn_consumer<P: Projection + 'static>(
 }
 
 /// Spine status figures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
     /// Events in the log.
     pub events: i64,
@@ -259,6 +259,33 @@ pub struct Status {
     pub finished: i64,
     /// Market rows stored.
     pub market_rows: i64,
+    /// Workloads on the board per state, in lifecycle order (states with none left out).
+    pub by_state: Vec<(String, i64)>,
+    /// GPUs known to the resource-manager.
+    pub gpus: i64,
+    /// Of which allocated now.
+    pub gpus_allocated: i64,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let states: Vec<String> = self
+            .by_state
+            .iter()
+            .map(|(s, n)| format!("{s}={n}"))
+            .collect();
+        write!(
+            f,
+            "workloads={} [{}] gpus={}/{} allocated events={} outbox_lag={} market_rows={}",
+            self.workloads,
+            states.join(" "),
+            self.gpus_allocated,
+            self.gpus,
+            self.events,
+            self.outbox_lag,
+            self.market_rows
+        )
+    }
 }
 
 /// Reads the status figures.
@@ -274,12 +301,34 @@ pub async fn status(pool: &PgPool) -> Result<Status, hcp_db::sqlx::Error> {
         )
         .fetch_one(pool)
         .await?;
+    let counts: Vec<(String, i64)> =
+        hcp_db::sqlx::query_as("SELECT state, count(*) FROM workload_board GROUP BY state")
+            .fetch_all(pool)
+            .await?;
+    let by_state = hcp_domain::WorkloadState::ALL
+        .iter()
+        .filter_map(|st| {
+            counts
+                .iter()
+                .find(|(name, _)| name == st.as_str())
+                .map(|(name, n)| (name.clone(), *n))
+        })
+        .collect();
+    let (gpus, gpus_allocated): (i64, i64) = hcp_db::sqlx::query_as(
+        "SELECT (SELECT count(*) FROM rm_gpus), \
+                (SELECT count(*) FROM rm_allocations WHERE released_at IS NULL)",
+    )
+    .fetch_one(pool)
+    .await?;
     Ok(Status {
         events,
         outbox_lag,
         workloads,
         finished,
         market_rows,
+        by_state,
+        gpus,
+        gpus_allocated,
     })
 }
 
@@ -303,6 +352,99 @@ async fn report_status(pool: PgPool, every: Duration, token: tokio_util::sync::C
             Err(e) => tracing::warn!(error = %e, "status query failed"),
         }
     }
+}
+
+/// One site's live economics: measured power by use (telemetry) and the optimizer's latest
+/// decision (price, target, expected profit).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteStatus {
+    /// Site.
+    pub site: String,
+    /// Measured ASIC power, MW.
+    pub asic_mw: f64,
+    /// Measured GPU power, MW.
+    pub gpu_mw: f64,
+    /// ASICs hashing.
+    pub hashing: i32,
+    /// ASICs curtailed.
+    pub curtailed: i32,
+    /// ASICs ramping.
+    pub ramping: i32,
+    /// The latest decision's energy price, $/MWh.
+    pub price: Option<f64>,
+    /// The latest decision's target, MW.
+    pub target_mw: Option<f64>,
+    /// The latest decision's expected profit, $/h.
+    pub profit_per_h: Option<f64>,
+    /// Whether batch GPU work is allowed.
+    pub gpu_batch_allowed: Option<bool>,
+}
+
+impl std::fmt::Display for SiteStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "site {}: ASIC {:.1} MW ({} hashing, {} ramping, {} curtailed) GPU {:.2} MW",
+            self.site, self.asic_mw, self.hashing, self.ramping, self.curtailed, self.gpu_mw
+        )?;
+        if let (Some(price), Some(target), Some(profit)) =
+            (self.price, self.target_mw, self.profit_per_h)
+        {
+            write!(
+                f,
+                " | price ${price:.2}/MWh target {target:.1} MW expected profit ${profit:.0}/h"
+            )?;
+        }
+        if self.gpu_batch_allowed == Some(false) {
+            f.write_str(" | GPU batch paused")?;
+        }
+        Ok(())
+    }
+}
+
+/// Live economics per site (empty when no telemetry has arrived).
+pub async fn site_status(pool: &PgPool) -> Result<Vec<SiteStatus>, hcp_db::sqlx::Error> {
+    type Row = (
+        String,
+        f64,
+        f64,
+        i32,
+        i32,
+        i32,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        Option<bool>,
+    );
+    let rows: Vec<Row> = hcp_db::sqlx::query_as(
+        "SELECT p.site, p.asic_mw, p.gpu_mw, p.asics_hashing, p.asics_curtailed, p.asics_ramping, \
+                d.energy_usd_per_mwh, d.target_mw, d.expected_profit_usd_per_h, d.gpu_batch_allowed \
+         FROM site_power_latest p \
+         LEFT JOIN LATERAL (SELECT * FROM decision_board b WHERE b.site = p.site \
+                            ORDER BY decided_at DESC LIMIT 1) d ON true \
+         ORDER BY p.site",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(site, asic_mw, gpu_mw, hashing, curtailed, ramping, price, target, profit, batch)| {
+                SiteStatus {
+                    site,
+                    asic_mw,
+                    gpu_mw,
+                    hashing,
+                    curtailed,
+                    ramping,
+                    price,
+                    target_mw: target,
+                    profit_per_h: profit,
+                    gpu_batch_allowed: batch,
+                }
+            },
+        )
+        .collect())
 }
 
 /// Keeps a week of partitions ahead of now for every partitioned time-series table (a no-op on

@@ -83,6 +83,27 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Benchmark the telemetry ingest under a simulated fleet (own database and topics).
+    BenchIngest {
+        /// ASICs (100 samples per rack message).
+        #[arg(long, default_value_t = 250_000)]
+        asics: u64,
+        /// GPUs (8 samples per worker heartbeat).
+        #[arg(long, default_value_t = 50_000)]
+        gpus: u64,
+        /// Samples per device per second; 0 produces as fast as possible.
+        #[arg(long, default_value_t = 1.0)]
+        hz: f64,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Most messages per ingest transaction.
+        #[arg(long, default_value_t = 1000)]
+        max_batch: usize,
+        /// Ingest instances in the consumer group (parallel COPY).
+        #[arg(long, default_value_t = 1)]
+        consumers: usize,
+    },
     /// Backtest the decision policies on a market trace against the hindsight optimum.
     Backtest(Box<crate::backtest::BacktestArgs>),
     /// Write the JSON Schemas of every external-facing message.
@@ -185,10 +206,10 @@ pub async fn main() -> anyhow::Result<()> {
         Command::Status => {
             let pool = hcp_db::connect(&settings.database).await?;
             let s = app::status(&pool).await?;
-            out(&format!(
-                "events={} outbox_lag={} workloads={} finished={} market_rows={}",
-                s.events, s.outbox_lag, s.workloads, s.finished, s.market_rows
-            ))?;
+            out(&s.to_string())?;
+            for site in app::site_status(&pool).await? {
+                out(&site.to_string())?;
+            }
         }
         Command::Bench {
             events,
@@ -204,6 +225,29 @@ pub async fn main() -> anyhow::Result<()> {
             };
             let rows = crate::bench::run(&settings, opts).await?;
             out("| spine metric | value |")?;
+            out("|---|---|")?;
+            for (k, v) in rows {
+                out(&format!("| {k} | {v} |"))?;
+            }
+        }
+        Command::BenchIngest {
+            asics,
+            gpus,
+            hz,
+            seconds,
+            max_batch,
+            consumers,
+        } => {
+            let opts = crate::ingest_bench::IngestBenchOptions {
+                asics,
+                gpus,
+                hz,
+                seconds,
+                max_batch,
+                consumers,
+            };
+            let rows = crate::ingest_bench::run(&settings, opts).await?;
+            out("| ingest metric | value |")?;
             out("|---|---|")?;
             for (k, v) in rows {
                 out(&format!("| {k} | {v} |"))?;

@@ -323,7 +323,8 @@ pub fn decide_report(view: &WorkloadView, r: &RunReported) -> ReportDecision {
         (RunStatus::Paused | RunStatus::Resumed, _) => {
             return ReportDecision::Ignore("informational")
         }
-        (RunStatus::Completed, Running | Preempted) => (
+        // A run that finished just as a pause (or a preemption) reached it is done.
+        (RunStatus::Completed, Running | Preempted | Paused) => (
             vec![Event::WorkloadCompleted(WorkloadCompleted {
                 workload_id: id,
                 runtime_s,

@@ -8,8 +8,10 @@
 //! - [`domain`]: the decisions, pure;
 //! - [`repo`]: the SQL of its tables;
 //! - [`projection`]: the consumer-side projection ([`ResourceManager`]);
-//! - [`health`]: the periodic sweep ([`HealthSweep`]).
+//! - [`health`]: the periodic sweep ([`HealthSweep`]);
+//! - [`asic`]: optimizer decisions into ASIC commands per model.
 
+pub mod asic;
 pub mod config;
 pub mod domain;
 pub mod health;
@@ -24,15 +26,15 @@ pub use projection::{ResourceManager, Topics, PRODUCER};
 use hcp_events::Topic;
 use hcp_service::ServiceContext;
 
-/// Adds the resource-manager's tasks to a started service: the consumer of `workloads` and
-/// `worker-reports`, and the health sweep.
+/// Adds the resource-manager's tasks to a started service: the consumer of `workloads`,
+/// `worker-reports` and `decisions`, and the health sweep.
 pub fn start(settings: &Settings, ctx: &mut ServiceContext) -> anyhow::Result<()> {
     metrics::describe();
     let topics = Topics::new(ctx.kafka());
     let rm = &settings.resource_manager;
     ctx.spawn_consumer(
         ResourceManager::new(topics.clone(), rm.clone()),
-        &[Topic::Workloads, Topic::WorkerReports],
+        &[Topic::Workloads, Topic::WorkerReports, Topic::Decisions],
     )?;
     let sweep = HealthSweep::new(ctx.pool().clone(), topics, rm.clone());
     let token = ctx.token();

@@ -256,6 +256,9 @@ impl Projection for ResourceManager {
             Event::WorkloadPlacementProposed(p) => self.on_proposed(tx, e, p).await,
             Event::WorkerHeartbeat(h) => self.on_heartbeat(tx, e, h).await,
             Event::RunReported(r) => self.on_report(tx, e, r).await,
+            Event::DecisionMade(d) => crate::asic::on_decision(tx, &self.topics, e, d)
+                .await
+                .map(|_| ()),
             Event::WorkloadCancelled(_)
             | Event::WorkloadPaused(_)
             | Event::WorkloadResumed(_)
@@ -396,15 +399,24 @@ impl ResourceManager {
                     tracing::info!(gpus = ?p.gpu_ids, "workload scheduled");
                     return Ok(());
                 }
+                Err(rejection) if rejection.reason == RejectReason::Superseded => {
+                    // The later proposal gets its own answer; answering this one too would
+                    // only make the router count a failure that is nobody's fault.
+                    metrics::counter!(m::REJECTIONS, "reason" => rejection.reason.as_str())
+                        .increment(1);
+                    tracing::info!(reason = %rejection.detail, "superseded proposal left unanswered");
+                    return Ok(());
+                }
                 Err(rejection) => {
-                    let retryable = rejection.reason == RejectReason::Superseded
-                        || repo::fleet_could_fit(tx, &submitted).await?;
+                    let retryable = repo::fleet_could_fit(tx, &submitted).await?;
                     let rejected = envelope(
                         &stream,
                         Event::WorkloadPlacementRejected(WorkloadPlacementRejected {
                             workload_id: p.workload_id,
                             worker_id: p.worker_id.clone(),
-                            reason: rejection.detail.clone(),
+                            // `<label>: <detail>`: the router reads the label to tell a
+                            // worker's fault from a race in the control plane.
+                            reason: format!("{}: {}", rejection.reason.as_str(), rejection.detail),
                             retryable,
                         }),
                         cause,
@@ -477,7 +489,16 @@ impl ResourceManager {
             }
             Some(_) => None,
         };
-        repo::upsert_worker(tx, &h.worker_id, &h.site, &h.backend, &h.gpus, e.event_id).await?;
+        repo::upsert_worker(
+            tx,
+            &h.worker_id,
+            &h.site,
+            &h.backend,
+            &h.gpus,
+            e.event_id,
+            e.occurred_at,
+        )
+        .await?;
         repo::upsert_gpus(tx, &h.worker_id, &h.gpus, &h.samples).await?;
         let cause = Cause::of(e);
         if let Some(why) = registration {

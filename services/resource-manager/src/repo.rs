@@ -73,7 +73,14 @@ pub async fn worker(
     .await
 }
 
-/// Records a heartbeat: creates or refreshes the worker (healthy, seen now).
+/// A worker is declared lost when its last heartbeat is `worker_timeout` older than the newest
+/// heartbeat of any worker (evidence that reports are flowing, so a lagging consumer cannot make
+/// the fleet look silent), or older than this many timeouts by the clock (a fleet gone silent
+/// together, or a one-worker fleet).
+pub const ABSOLUTE_SILENCE_FACTOR: f64 = 6.0;
+
+/// Records a heartbeat: creates or refreshes the worker (healthy, seen at the heartbeat's own
+/// time, never later than now).
 #[allow(clippy::too_many_arguments)]
 #[tracing::instrument(skip_all, fields(worker_id = %worker_id), err)]
 pub async fn upsert_worker(
@@ -83,12 +90,14 @@ pub async fn upsert_worker(
     backend: &str,
     gpus: &[GpuSpec],
     report_id: Uuid,
+    sent_at: time::OffsetDateTime,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO rm_workers (worker_id, site, backend, state, gpus, last_seen, last_report_id) \
-         VALUES ($1, $2, $3, 'healthy', $4, clock_timestamp(), $5) \
+         VALUES ($1, $2, $3, 'healthy', $4, LEAST($6, clock_timestamp()), $5) \
          ON CONFLICT (worker_id) DO UPDATE SET site = EXCLUDED.site, backend = EXCLUDED.backend, \
-             state = 'healthy', gpus = EXCLUDED.gpus, last_seen = EXCLUDED.last_seen, \
+             state = 'healthy', gpus = EXCLUDED.gpus, \
+             last_seen = GREATEST(rm_workers.last_seen, EXCLUDED.last_seen), \
              last_report_id = EXCLUDED.last_report_id, lost_at = NULL",
     )
     .bind(worker_id)
@@ -96,6 +105,7 @@ pub async fn upsert_worker(
     .bind(backend)
     .bind(Json(gpus))
     .bind(report_id)
+    .bind(sent_at)
     .execute(conn)
     .await
     .map(|_| ())
@@ -396,16 +406,20 @@ pub struct SilentWorker {
     pub site: String,
 }
 
-/// Healthy workers whose last heartbeat is older than `timeout`.
+/// Healthy workers that are silent (see [`ABSOLUTE_SILENCE_FACTOR`]).
 pub async fn silent_workers(
     conn: &mut PgConnection,
     timeout: Duration,
 ) -> Result<Vec<SilentWorker>, sqlx::Error> {
     sqlx::query_as(
         "SELECT worker_id, site FROM rm_workers WHERE state = 'healthy' \
-         AND last_seen < clock_timestamp() - make_interval(secs => $1) ORDER BY site, worker_id",
+         AND last_seen < clock_timestamp() - make_interval(secs => $1) \
+         AND (last_seen < (SELECT max(last_seen) FROM rm_workers) - make_interval(secs => $1) \
+              OR last_seen < clock_timestamp() - make_interval(secs => $1 * $2)) \
+         ORDER BY site, worker_id",
     )
     .bind(timeout.as_secs_f64())
+    .bind(ABSOLUTE_SILENCE_FACTOR)
     .fetch_all(conn)
     .await
 }
@@ -424,11 +438,14 @@ pub async fn mark_lost(
          WHERE worker_id = (SELECT worker_id FROM rm_workers \
              WHERE worker_id = $1 AND state = 'healthy' \
                AND last_seen < clock_timestamp() - make_interval(secs => $2) \
+               AND (last_seen < (SELECT max(last_seen) FROM rm_workers) - make_interval(secs => $2) \
+                    OR last_seen < clock_timestamp() - make_interval(secs => $2 * $3)) \
              FOR UPDATE SKIP LOCKED) \
          RETURNING EXTRACT(EPOCH FROM clock_timestamp() - last_seen)::float8, last_report_id",
     )
     .bind(worker_id)
     .bind(timeout.as_secs_f64())
+    .bind(ABSOLUTE_SILENCE_FACTOR)
     .fetch_optional(conn)
     .await
 }

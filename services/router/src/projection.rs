@@ -157,13 +157,25 @@ impl RouterProjection {
         step: &Step,
         p: &WorkloadPlacementRejected,
     ) -> Result<(), ApplyError> {
+        let cause = RejectionCause::of(&p.reason);
+        if cause == RejectionCause::Race {
+            // The resource-manager saw a GPU held that this router's view had already freed (a
+            // release it has not consumed yet): nobody's fault, so no attempt is spent and no
+            // breaker moves. Try again shortly; the view catches up.
+            m::rejected(Rejection::PlacementRetryable);
+            let next = e.occurred_at + self.config.backoff(1);
+            repo::record_rejection(tx, step, row.attempts, Some(next), &p.reason).await?;
+            return Ok(());
+        }
         let attempts = row.attempts.saturating_add(1);
-        let policy = self.config.breaker;
-        let at = e.occurred_at;
-        repo::update_breaker(tx, &p.worker_id, |b: &mut Breaker| {
-            b.record_failure(at, &policy)
-        })
-        .await?;
+        if cause == RejectionCause::Worker {
+            let policy = self.config.breaker;
+            let at = e.occurred_at;
+            repo::update_breaker(tx, &p.worker_id, |b: &mut Breaker| {
+                b.record_failure(at, &policy)
+            })
+            .await?;
+        }
         let give_up = if !p.retryable {
             m::rejected(Rejection::PlacementFinal);
             Some(format!(
@@ -296,5 +308,54 @@ impl Projection for RouterProjection {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// Whose fault a refused placement was, from the resource-manager's `<label>: <detail>` reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectionCause {
+    /// The worker (unknown, lost, or a GPU missing): counts against its circuit breaker.
+    Worker,
+    /// A race between this router's view and the allocations (a GPU still held, a superseded
+    /// proposal): neither an attempt nor a breaker failure.
+    Race,
+    /// Anything else (a constraint the proposal did not meet): an attempt, not the worker's fault.
+    Other,
+}
+
+impl RejectionCause {
+    /// Classifies a rejection reason.
+    pub fn of(reason: &str) -> Self {
+        match reason.split_once(':').map(|(label, _)| label.trim()) {
+            Some("unknown_worker" | "worker_lost" | "unknown_gpu") => Self::Worker,
+            Some("gpu_held" | "superseded") => Self::Race,
+            _ => Self::Other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod rejection_tests {
+    use super::RejectionCause;
+
+    #[test]
+    fn only_worker_faults_feed_the_breaker_and_races_cost_no_attempt() {
+        assert_eq!(
+            RejectionCause::of("worker_lost: worker w-1 is lost"),
+            RejectionCause::Worker
+        );
+        assert_eq!(
+            RejectionCause::of("unknown_gpu: w-1/gpu-9 is not on w-1"),
+            RejectionCause::Worker
+        );
+        assert_eq!(
+            RejectionCause::of("gpu_held: w-1/gpu-0 is allocated to another workload"),
+            RejectionCause::Race
+        );
+        assert_eq!(
+            RejectionCause::of("gpu_mismatch: w-1/gpu-0 is an A100"),
+            RejectionCause::Other
+        );
+        assert_eq!(RejectionCause::of("no label at all"), RejectionCause::Other);
     }
 }

@@ -64,8 +64,11 @@ pub async fn apply_once<P: Projection>(
     match claim_stream_sequence(tx, projection.name(), &event.stream_id, event.sequence).await? {
         Claim::Duplicate { .. } => Ok(Applied::Duplicate),
         Claim::Apply { previous } => {
+            // A consumer sees only the events of a stream that are on its topics, and streams
+            // outside the log (worker reports, market feeds) number by time, so a gap is normal
+            // there; it is logged for debugging, not warned about.
             if event.sequence != previous + 1 {
-                tracing::warn!(
+                tracing::debug!(
                     projection = projection.name(),
                     stream_id = %event.stream_id,
                     sequence = event.sequence,

@@ -133,8 +133,9 @@ pub fn transition(
         Event::WorkloadRequeued(_) if matches!(from, Scheduled | Running | Paused | Preempted) => {
             Queued
         }
-        // A run may finish before the checkpointing stop of a preemption reaches it.
-        Event::WorkloadCompleted(_) if matches!(from, Running | Preempted) => Completed,
+        // A run may finish before the checkpointing stop of a preemption, or a pause, reaches
+        // it.
+        Event::WorkloadCompleted(_) if matches!(from, Running | Preempted | Paused) => Completed,
         Event::WorkloadFailed(_) | Event::WorkloadCancelled(_) if !from.is_terminal() => {
             if matches!(event, Event::WorkloadFailed(_)) {
                 Failed
@@ -260,6 +261,16 @@ mod tests {
         );
         assert!(transition(None, &started()).is_err());
         assert!(transition(Some(WorkloadState::Queued), &submitted()).is_err());
+    }
+
+    #[test]
+    fn a_run_that_finishes_as_a_pause_reaches_it_completes() {
+        let paused = Event::WorkloadPaused(WorkloadPaused {
+            workload_id: id(),
+            requested_by: "t".into(),
+        });
+        let evs = [submitted(), scheduled(), started(), paused, completed()];
+        assert_eq!(fold(&evs), Ok(Some(WorkloadState::Completed)));
     }
 
     #[test]

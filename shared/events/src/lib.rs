@@ -12,8 +12,8 @@ pub mod wire;
 
 pub use envelope::{Envelope, EnvelopeError, RawEnvelope};
 pub use payload::{
-    command_stream, grid_stream, report_stream, site_stream, worker_stream, workload_stream, Event,
-    EventType, Tier, WorkloadKind,
+    asic_command_stream, command_stream, grid_stream, report_stream, site_stream, worker_stream,
+    workload_stream, Event, EventType, Tier, WorkloadKind,
 };
 pub use request::WorkloadRequest;
 pub use wire::{headers, Topic};

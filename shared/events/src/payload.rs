@@ -934,6 +934,12 @@ pub fn site_stream(site: &str) -> String {
     format!("site-{site}")
 }
 
+/// The stream id of the ASIC commands sent to a site (kept apart from the site's decision
+/// stream, which the optimizer owns).
+pub fn asic_command_stream(site: &str) -> String {
+    format!("asic-commands-{site}")
+}
+
 /// The stream id of a grid event (demand response, peak warning) source.
 pub fn grid_stream(zone: &str) -> String {
     format!("grid-{zone}")

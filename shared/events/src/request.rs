@@ -67,6 +67,17 @@ impl WorkloadRequest {
         if self.model.trim().is_empty() || self.model.len() > 128 {
             reject("model", "must be 1-128 characters".into());
         }
+        // Control characters (NUL above all) cannot be stored in PostgreSQL text or jsonb and
+        // have no business in identifiers: refuse them here, as a field error.
+        for (field, value) in [
+            ("tenant_id", Some(self.tenant_id.as_str())),
+            ("model", Some(self.model.as_str())),
+            ("gpu_type", self.gpu_type.as_deref()),
+        ] {
+            if value.is_some_and(|v| v.chars().any(char::is_control)) {
+                reject(field, "must not contain control characters".into());
+            }
+        }
         if !(1..=64).contains(&self.gpu_count) {
             reject("gpu_count", format!("must be 1-64, got {}", self.gpu_count));
         }
@@ -128,6 +139,16 @@ mod tests {
         let errs = r.validate(OffsetDateTime::now_utc()).unwrap_err();
         let fields: Vec<_> = errs.iter().map(|e| e.field).collect();
         assert_eq!(fields, vec!["model", "gpu_count", "deadline"]);
+    }
+
+    #[test]
+    fn control_characters_are_refused_by_field() {
+        let mut r = valid();
+        r.tenant_id = "ac\u{0}me".into();
+        r.gpu_type = Some("H1\n00".into());
+        let errs = r.validate(OffsetDateTime::now_utc()).unwrap_err();
+        let fields: Vec<_> = errs.iter().map(|e| e.field).collect();
+        assert_eq!(fields, vec!["tenant_id", "gpu_type"]);
     }
 
     #[test]

@@ -4,14 +4,18 @@
 //!
 //! - [`board`]: one row per workload ([`WorkloadBoard`], table `workload_board`);
 //! - [`resources`]: workers, GPUs and allocations ([`ResourceBoard`], tables `gateway_*`);
-//! - [`market`]: observed prices ([`MarketPrices`], table `market_prices`).
+//! - [`market`]: observed prices ([`MarketPrices`], table `market_prices`);
+//! - [`decisions`]: optimizer decisions and confirmations ([`DecisionBoard`], table
+//!   `decision_board`).
 //!
 //! [`Projection`]: hcp_db::Projection
 
 pub mod board;
+pub mod decisions;
 pub mod market;
 pub mod resources;
 
 pub use board::{WorkloadBoard, WorkloadRecord};
+pub use decisions::DecisionBoard;
 pub use market::MarketPrices;
 pub use resources::ResourceBoard;

@@ -10,7 +10,7 @@ use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde_json::{json, Map, Value};
 
 use super::views::*;
-use super::{admin, resources, workloads, AppState};
+use super::{admin, economics, resources, workloads, AppState};
 use crate::error::ErrorBody;
 
 /// Produces a schema (a `$ref` into `components/schemas` for named types).
@@ -409,6 +409,114 @@ pub fn operations() -> Vec<Operation> {
                 error(404, "No such tenant."),
             ],
             handler: || post(admin::create_key),
+        },
+        Operation {
+            method: Method::Get,
+            path: "/api/v1/market/prices",
+            operation_id: "listMarketPrices",
+            tag: "economics",
+            summary: "The latest value of every market series (energy, hashprice, GPU rates).",
+            access: Access::Any,
+            params: vec![],
+            body: None,
+            replies: vec![reply(
+                200,
+                "One value per series.",
+                schema::<economics::MarketPriceList>,
+            )],
+            handler: || get(economics::prices),
+        },
+        Operation {
+            method: Method::Get,
+            path: "/api/v1/market/prices/{series}",
+            operation_id: "getMarketSeries",
+            tag: "economics",
+            summary: "A market series' values, oldest first.",
+            access: Access::Any,
+            params: vec![
+                Param {
+                    name: "series",
+                    location: In::Path,
+                    required: true,
+                    description: "Series name, e.g. `ercot.dam.LZ_WEST` or `btc.hashprice`.",
+                    schema: schema::<String>,
+                },
+                Param {
+                    name: "from",
+                    location: In::Query,
+                    required: false,
+                    description: "RFC 3339: values from this interval start on (default: \
+                        the newest `limit`).",
+                    schema: schema::<String>,
+                },
+                Param {
+                    name: "to",
+                    location: In::Query,
+                    required: false,
+                    description: "RFC 3339: values before this interval start.",
+                    schema: schema::<String>,
+                },
+                Param {
+                    name: "limit",
+                    location: In::Query,
+                    required: false,
+                    description: "Most values, 1-10000 (default 500).",
+                    schema: schema::<u32>,
+                },
+            ],
+            body: None,
+            replies: vec![
+                reply(200, "The values.", schema::<economics::MarketHistory>),
+                error(400, "A parameter is invalid; `fields` names it."),
+                error(404, "No such series."),
+            ],
+            handler: || get(economics::history),
+        },
+        Operation {
+            method: Method::Get,
+            path: "/api/v1/profitability",
+            operation_id: "getProfitability",
+            tag: "economics",
+            summary: "Margin per site and resource at the latest prices, with a recommendation.",
+            access: Access::Any,
+            params: vec![],
+            body: None,
+            replies: vec![reply(
+                200,
+                "Per site and resource; `missing` says what prices are not known yet.",
+                schema::<economics::Profitability>,
+            )],
+            handler: || get(economics::profitability),
+        },
+        Operation {
+            method: Method::Get,
+            path: "/api/v1/decisions",
+            operation_id: "listDecisions",
+            tag: "economics",
+            summary: "The optimizer's decisions, newest first, with their confirmations.",
+            access: Access::Any,
+            params: vec![
+                Param {
+                    name: "site",
+                    location: In::Query,
+                    required: false,
+                    description: "Only this site's.",
+                    schema: schema::<String>,
+                },
+                Param {
+                    name: "limit",
+                    location: In::Query,
+                    required: false,
+                    description: "Most decisions, 1-500 (default 50).",
+                    schema: schema::<u32>,
+                },
+            ],
+            body: None,
+            replies: vec![
+                reply(200, "Decisions.", schema::<economics::DecisionList>),
+                error(400, "A parameter is invalid; `fields` names it."),
+            ],
+            handler: || get(economics::decisions),
         },
     ]
 }

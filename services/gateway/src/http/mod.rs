@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod economics;
 pub mod extract;
 pub mod resources;
 pub mod views;

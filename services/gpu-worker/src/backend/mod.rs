@@ -1,7 +1,8 @@
-//! The device behind a worker. The simulated backend ([`sim::SimBackend`]) runs now; a CUDA
-//! backend will implement the same trait beside it. Every call takes the current instant, so
+//! The device behind a worker: the simulated backend ([`sim::SimBackend`]) or real GPUs
+//! ([`cuda::runner::CudaBackend`]). Every call takes the current instant, so
 //! backends stay synchronous and their run logic is tested without a runtime or a clock.
 
+pub mod cuda;
 pub mod sim;
 
 use std::time::Instant;
