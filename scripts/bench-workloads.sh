@@ -28,8 +28,10 @@ export HCP_GATEWAY__PORT="${HCP_BENCH_GATEWAY_PORT:-18080}"
 export HCP_ADMIN__PORT=0
 export HCP_WORKER__COUNT="$workers" HCP_WORKER__WORKER_ID="bench" HCP_WORKER__TIME_SCALE=1
 # Generous rate limits: this measures the path, not the limiter.
-export HCP_GATEWAY__RATE_LIMITS__ENTERPRISE__PER_SECOND=100000
-export HCP_GATEWAY__RATE_LIMITS__ENTERPRISE__BURST=100000
+for tier in ENTERPRISE PRO FREE; do
+  export "HCP_GATEWAY__RATE_LIMITS__${tier}__PER_SECOND=100000"
+  export "HCP_GATEWAY__RATE_LIMITS__${tier}__BURST=100000"
+done
 logs="$(mktemp -d)"
 pids=()
 cleanup() {
@@ -41,6 +43,7 @@ trap cleanup EXIT
 
 target/release/hcp migrate >/dev/null
 for svc in hcp-resource-manager hcp-router hcp-gpu-worker hcp-gateway; do
+  # (the optimizer and the simulators are not part of this path)
   target/release/$svc >"$logs/$svc.log" 2>&1 &
   pids+=("$!")
 done

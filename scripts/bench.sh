@@ -1,24 +1,53 @@
 #!/usr/bin/env bash
-# `make bench`: release build, then the spine benchmark (`hcp bench`) against the test-profile
-# broker (nisshi, memory:// storage). Each run uses its own database and topics and prints a
-# Markdown table. Arguments go to `hcp bench` (see `hcp bench --help`).
+# `make bench`: release build, then every benchmark against the real stack (PostgreSQL 15 and
+# nisshi with memory:// storage), each in its own database and topics, printing tables:
+#   spine      `hcp bench`: append latency, outbox and consumer throughput, append→projection
+#   workloads  scripts/bench-workloads.sh: placements/s with 1,000 simulated GPUs,
+#              submit→scheduled p50/p99 at a fixed rate, REST submit/get p50/p99
+#   ingest     `hcp bench-ingest`: telemetry samples/s and Kafka→DB p50/p99
+#   domain     criterion (`cargo bench -p hcp-domain`): queue at 1M, placement pass 300k x 10k
+# HCP_BENCH_ONLY=spine,workloads,ingest,domain picks some. Arguments go to `hcp bench`.
 #
 # The dev broker (sqlite:// storage) is deliberately not benchmarked by default: its fetches
-# stalled once its database had grown to ~45 MB (docs/adr/0001-kafka-broker.md), and a bench run
-# adds ~40k messages to it. HCP_BENCH_DEV_BROKER=1 benchmarks it anyway.
+# stalled once its database had grown to ~45 MB (docs/adr/0001-kafka-broker.md).
+# HCP_BENCH_DEV_BROKER=1 runs the spine rows against it too.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+only="${HCP_BENCH_ONLY:-spine,workloads,ingest,domain}"
+want() { [[ ",$only," == *",$1,"* ]]; }
+
 scripts/stack.sh up --profile test
-cargo build --release --locked -p hcp-cli --bin hcp
+cargo build --release --locked --workspace --bins
 eval "$(scripts/stack.sh env --profile test)"
 export HCP_DATABASE__URL="${HCP_TEST_DATABASE_URL}"
 export HCP_TELEMETRY__LOG_FILTER="${HCP_TELEMETRY__LOG_FILTER:-warn}"
-echo "## broker: nisshi, memory:// storage"
-HCP_KAFKA__BROKERS="$HCP_TEST_KAFKA_BROKERS" target/release/hcp bench "$@"
-if [[ "${HCP_BENCH_DEV_BROKER:-0}" == "1" ]]; then
-  scripts/stack.sh up --profile dev
+
+if want spine; then
+  echo "## spine (broker: nisshi, memory:// storage)"
+  HCP_KAFKA__BROKERS="$HCP_TEST_KAFKA_BROKERS" target/release/hcp bench "$@"
+  if [[ "${HCP_BENCH_DEV_BROKER:-0}" == "1" ]]; then
+    scripts/stack.sh up --profile dev
+    echo
+    echo "## spine (broker: nisshi, sqlite:// storage, dev profile)"
+    HCP_KAFKA__BROKERS="127.0.0.1:${HCP_KAFKA_PORT:-59092}" target/release/hcp bench "$@"
+  fi
+fi
+if want workloads; then
   echo
-  echo "## broker: nisshi, sqlite:// storage (dev profile)"
-  HCP_KAFKA__BROKERS="127.0.0.1:${HCP_KAFKA_PORT:-59092}" target/release/hcp bench "$@"
+  scripts/bench-workloads.sh
+fi
+if want ingest; then
+  echo
+  echo "## telemetry ingest (hcp bench-ingest, 2 ingest consumers)"
+  for asics in 100000 250000; do
+    HCP_KAFKA__BROKERS="$HCP_TEST_KAFKA_BROKERS" target/release/hcp bench-ingest \
+      --asics "$asics" --gpus "$((asics / 5))" --seconds 20 --consumers 2
+  done
+fi
+if want domain; then
+  echo
+  echo "## scheduling domain (criterion)"
+  cargo bench --locked -p hcp-domain --bench scheduling -- --noplot 2>&1 |
+    grep -E '^[a-z_/ 0-9]+|time:' | grep -v '^Benchmarking' || true
 fi

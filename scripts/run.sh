@@ -19,10 +19,23 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-scripts/stack.sh up --profile dev
-echo "==> building HCP (first build takes a few minutes)"
-cargo build --locked --workspace --bins
+# The broker: nisshi with memory:// storage by default. The dev profile's sqlite:// storage
+# stalls once its database grows past ~45 MB (docs/adr/0001-kafka-broker.md), which the ASIC
+# telemetry (about 2 MB/s for 9,000 ASICs) reaches in under a minute. PostgreSQL stays the
+# system of record either way; HCP_RUN_BROKER=sqlite uses the persistent dev broker.
+broker="${HCP_RUN_BROKER:-memory}"
+case "$broker" in
+  memory) scripts/stack.sh up --profile test ;;
+  sqlite) scripts/stack.sh up --profile dev ;;
+  *) echo "HCP_RUN_BROKER must be memory or sqlite, not $broker" >&2; exit 2 ;;
+esac
+echo "==> building HCP in release mode (the first build takes several minutes)"
+cargo build --release --locked --workspace --bins
 eval "$(scripts/stack.sh env --profile dev)"
+if [[ "$broker" == "memory" ]]; then
+  export HCP_KAFKA__BROKERS="127.0.0.1:${HCP_TEST_KAFKA_PORT:-59192}"
+fi
+bin="$root/target/release"
 export HCP_GATEWAY__ADMIN_KEY="${HCP_GATEWAY__ADMIN_KEY:-hcp-dev-admin-key}"
 export HCP_WORKER__COUNT="${HCP_RUN_WORKERS:-16}"
 export HCP_WORKER__TIME_SCALE="${HCP_RUN_TIME_SCALE:-20}"
@@ -45,13 +58,13 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-target/debug/hcp migrate
+"$bin/hcp" migrate
 for svc in hcp-resource-manager hcp-router hcp-optimizer hcp-gpu-worker hcp-gateway; do
-  target/debug/$svc >"$logs/$svc.log" 2>&1 &
+  "$bin/$svc" >"$logs/$svc.log" 2>&1 &
   pids+=("$!")
   echo "    started $svc (pid $!, log var/log/$svc.log)"
 done
-target/debug/hcp-asic-sim --fleet config/fleet.example.toml --quiet >"$logs/hcp-asic-sim.log" 2>&1 &
+"$bin/hcp-asic-sim" --fleet config/fleet.example.toml --quiet >"$logs/hcp-asic-sim.log" 2>&1 &
 pids+=("$!")
 echo "    started hcp-asic-sim (pid $!, log var/log/hcp-asic-sim.log)"
 
@@ -72,6 +85,7 @@ cat <<MSG
     metrics    gateway :9101  router :9102  resource-manager :9103  worker :9104  optimizer :9105
                market-sim :9111  asic-sim :9112  (/metrics)
     postgres   psql postgres://hcp:hcp@127.0.0.1:${HCP_PG_PORT:-55432}/hcp
+    broker     $HCP_KAFKA__BROKERS (nisshi, $broker storage)
     GPUs       $HCP_WORKER__COUNT simulated workers x 8 H100 at $HCP_WORKER__SITE, time x$HCP_WORKER__TIME_SCALE
     ASICs      config/fleet.example.toml (sites west-1, west-2), telemetry 1 Hz per rack
     market     ERCOT DAM LZ_WEST ${HCP_RUN_FROM:-2023-08-24} .. ${HCP_RUN_TO:-2023-08-30} at x${HCP_RUN_MARKET_SPEED:-600}
@@ -81,12 +95,12 @@ MSG
 # Status every 5 s: workloads by state and GPUs in use, straight from the read models.
 (
   while sleep 5; do
-    target/debug/hcp status 2>/dev/null | sed 's/^/    status: /' >&2 || true
+    "$bin/hcp" status 2>/dev/null | sed 's/^/    status: /' >&2 || true
   done
 ) &
 pids+=("$!")
 
-target/debug/hcp-market-sim --speed "${HCP_RUN_MARKET_SPEED:-600}" --zone LZ_WEST \
+"$bin/hcp-market-sim" --speed "${HCP_RUN_MARKET_SPEED:-600}" --zone LZ_WEST \
   --from "${HCP_RUN_FROM:-2023-08-24}" --to "${HCP_RUN_TO:-2023-08-30}" \
   >"$logs/hcp-market-sim.log" 2>&1 &
 pids+=("$!")
@@ -95,8 +109,8 @@ rate="${HCP_RUN_RATE:-5}"
 gen_args=(--rate "$rate" --duration-scale 0.2 --gateway "$gateway")
 [[ -n "${HCP_RUN_SECONDS:-}" ]] && gen_args+=(--seconds "$HCP_RUN_SECONDS")
 # A tenth of the load arrives over Kafka, as another team's producer would send it.
-target/debug/hcp-workload-gen --via kafka --tenant-prefix kafka --rate "$(awk "BEGIN{print $rate/10}")" \
+"$bin/hcp-workload-gen" --via kafka --tenant-prefix kafka --rate "$(awk "BEGIN{print $rate/10}")" \
   --duration-scale 0.2 --gateway "$gateway" ${HCP_RUN_SECONDS:+--seconds "$HCP_RUN_SECONDS"} \
   >"$logs/hcp-workload-gen-kafka.log" 2>&1 &
 pids+=("$!")
-target/debug/hcp-workload-gen --via rest "${gen_args[@]}"
+"$bin/hcp-workload-gen" --via rest "${gen_args[@]}"
