@@ -4,7 +4,8 @@
 #   scripts/install-deps.sh [--postgres-only | --broker-only]
 #
 # - apt packages: postgresql-15, docker-compose (only to validate compose files),
-#   make, gcc, g++, pkg-config, zlib1g-dev (rdkafka vendored build), curl.
+#   make, gcc, g++, pkg-config, zlib1g-dev (rdkafka vendored build), curl, python3-pip
+#   (scripts/fetch-minilm.sh downloads the embedding model from PyPI).
 #   `apt-get update` runs only when something must be installed.
 # - the Kafka-protocol broker nisshi, built once with cargo into a cache OUTSIDE the clone:
 #   ${HCP_CACHE_DIR:-$HOME/.cache/hcp}/nisshi-<version>/bin/nisshi
@@ -19,7 +20,7 @@ readonly CACHE_DIR="${HCP_CACHE_DIR:-$HOME/.cache/hcp}"
 readonly NISSHI_ROOT="$CACHE_DIR/nisshi-$NISSHI_VERSION"
 readonly NISSHI_BIN="$NISSHI_ROOT/bin/nisshi"
 readonly PG_PACKAGES=(postgresql-15)
-readonly TOOL_PACKAGES=(docker-compose make gcc g++ pkg-config zlib1g-dev curl)
+readonly TOOL_PACKAGES=(docker-compose make gcc g++ pkg-config zlib1g-dev curl python3-pip)
 
 BUILD_TMP=""
 

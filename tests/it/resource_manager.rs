@@ -316,6 +316,7 @@ async fn a_placed_workload_is_scheduled_started_and_completed_and_its_gpus_are_r
             gpu_ids: vec![gpu("wa", 0), gpu("wa", 1)],
             duration_s: 20,
             resume_progress: 0.0,
+            input: None,
         }]
     );
     let run: (String, String, f64) = sqlx::query_as(

@@ -263,6 +263,7 @@ async fn malformed_and_poison_messages_land_in_dead_letters_with_a_reason_and_th
         Event::WorkloadCompleted(WorkloadCompleted {
             workload_id: Uuid::now_v7(),
             runtime_s: 1.0,
+            output: None,
         }),
     );
     poison.sequence = 1;

@@ -176,6 +176,7 @@ async fn asic_batches_and_gpu_heartbeats_land_exactly_once_across_an_ingest_cras
             runtime_s: 0.0,
             detail: None,
             switch: None,
+            output: None,
         }),
     ));
     produce(&env, Topic::WorkerReports, "w1", reports).await;

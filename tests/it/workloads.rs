@@ -356,3 +356,99 @@ async fn sigkill_of_the_resource_manager_under_load_loses_nothing_and_double_boo
 async fn sigkill_of_the_router_under_load_loses_nothing_and_double_books_nothing() {
     kill_under_load(Svc::Router).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posted_texts_come_back_as_the_models_embeddings_and_failures_say_why() {
+    use hcp_gpu_worker::minilm::{model_dir, MiniLm};
+
+    let env = TestEnv::new().await;
+    let cluster = Cluster::start(&env, ClusterOptions::default()).await;
+    let api = Api::tenant(&cluster, "acme", "pro").await;
+
+    let texts = ["The GPU is busy.", "A cat sat on the mat."];
+    let (status, _, v) = api
+        .post_json("/embeddings", json!({"texts": texts, "wait_ms": 30000}))
+        .await;
+    assert_eq!(
+        status,
+        200,
+        "{v}\nworker log:\n{}",
+        cluster.log_of(Svc::Worker)
+    );
+    assert_eq!(v["model"], "all-MiniLM-L6-v2");
+    assert_eq!(v["dims"], 384);
+    assert_eq!(v["device"], "cpu");
+    // Exactly what the model computes for these texts, in order.
+    let model = MiniLm::load(&model_dir()).expect("all-MiniLM-L6-v2 (make fetch-minilm)");
+    let got: Vec<Vec<f32>> = serde_json::from_value(v["embeddings"].clone()).unwrap();
+    assert_eq!(got, model.embed_cpu(&texts));
+    let id: Uuid = v["workload_id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(api.state(id).await, "completed");
+
+    // The result stays readable, by its tenant only.
+    let (status, again) = api.get(&format!("/workloads/{id}/result")).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["embeddings"], v["embeddings"]);
+    let other = Api::tenant(&cluster, "globex", "pro").await;
+    assert_eq!(other.get(&format!("/workloads/{id}/result")).await.0, 404);
+
+    // Not waiting: 202 with where the result will be; it is not there yet.
+    let (status, location, accepted) = api
+        .post_json("/embeddings", json!({"texts": ["later"], "wait_ms": 0}))
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let later = accepted["workload_id"].as_str().unwrap();
+    assert_eq!(
+        location.as_deref(),
+        Some(format!("/api/v1/workloads/{later}/result").as_str())
+    );
+    let (status, early) = api.get(&format!("/workloads/{later}/result")).await;
+    if status == 409 {
+        assert_eq!(early["error"]["code"], "not_ready", "{early}");
+    } else {
+        assert_eq!(status, 200, "{early}");
+    }
+
+    // A model no worker serves fails, and the failure says why.
+    let (status, _, failed) = api
+        .post_json(
+            "/embeddings",
+            json!({"texts": ["hello"], "model": "llama-3-70b", "wait_ms": 30000}),
+        )
+        .await;
+    assert_eq!(status, 409, "{failed}");
+    assert_eq!(failed["error"]["code"], "workload_failed");
+    let message = failed["error"]["message"].as_str().unwrap();
+    assert!(message.contains("no inference implementation"), "{message}");
+
+    // Work without inputs has no result to fetch.
+    let plain = api
+        .submit_ok(json!({"model": "llama-3.1-8b", "kind": "batch_inference",
+                          "gpu_count": 1, "duration_s": 1}))
+        .await;
+    assert!(api.wait_state(plain, "completed", LONG).await);
+    let (status, none) = api.get(&format!("/workloads/{plain}/result")).await;
+    assert_eq!(status, 404, "{none}");
+
+    // Bad input is refused with the field named.
+    let too_many: Vec<String> = (0..65).map(|i| format!("text {i}")).collect();
+    let (status, _, bad) = api
+        .post_json("/embeddings", json!({"texts": too_many}))
+        .await;
+    assert_eq!(status, 400, "{bad}");
+    assert_eq!(bad["error"]["fields"][0]["field"], "texts");
+    let (status, _, bad) = api
+        .post_json("/embeddings", json!({"texts": ["x"], "wait_ms": 60001}))
+        .await;
+    assert_eq!(status, 400, "{bad}");
+    assert_eq!(bad["error"]["fields"][0]["field"], "wait_ms");
+    let (status, _, bad) = api
+        .post_json(
+            "/workloads",
+            json!({"model": "m", "kind": "training", "gpu_count": 1, "duration_s": 5,
+                   "input": {"texts": ["x"]}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{bad}");
+    assert_eq!(bad["error"]["fields"][0]["field"], "input");
+}

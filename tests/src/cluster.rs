@@ -318,6 +318,33 @@ impl Api {
         (status, res.json().await.unwrap_or(serde_json::Value::Null))
     }
 
+    /// POST a JSON body to a path under /api/v1; returns (status, `Location`, body).
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, Option<String>, serde_json::Value) {
+        let res = self
+            .http
+            .post(format!("{}/api/v1{path}", self.base))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await
+            .expect("post");
+        let status = res.status().as_u16();
+        let location = res
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        (
+            status,
+            location,
+            res.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
+
     /// The workload's state as the API shows it.
     pub async fn state(&self, id: uuid::Uuid) -> String {
         let (_, v) = self.get(&format!("/workloads/{id}")).await;

@@ -8,12 +8,14 @@
 //! - [`clock`]: the report sequence clock;
 //! - [`node`]: the process shell ([`WorkerNode`]);
 //! - [`vram`]: VRAM model slots (budget, pressure, LRU eviction);
-//! - [`minilm`]: the all-MiniLM-L6-v2 embedding workload (tokenizer, CPU and CUDA forward).
+//! - [`minilm`]: the all-MiniLM-L6-v2 embedding workload (tokenizer, CPU and CUDA forward);
+//! - [`embed`]: embeddings of a request's own texts, returned with its completion.
 
 pub mod backend;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod embed;
 pub mod metrics;
 pub mod minilm;
 pub mod node;

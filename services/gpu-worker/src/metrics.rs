@@ -12,6 +12,8 @@ pub const HEARTBEATS: &str = "hcp_worker_heartbeats_total";
 pub const SEND_FAILURES: &str = "hcp_worker_send_failures_total";
 /// Runs held (running, switching or paused) across this process's workers (gauge).
 pub const RUNS: &str = "hcp_worker_runs";
+/// Inference on a request's inputs, wall seconds, by `outcome` (histogram).
+pub const INFERENCE: &str = "hcp_worker_inference_seconds";
 
 /// Describes every metric (call once at startup).
 pub fn describe() {
@@ -26,4 +28,9 @@ pub fn describe() {
     describe_counter!(HEARTBEATS, "Heartbeats produced");
     describe_counter!(SEND_FAILURES, "Report batches not acknowledged");
     describe_gauge!(RUNS, "Runs held by this process's workers");
+    describe_histogram!(
+        INFERENCE,
+        Unit::Seconds,
+        "Inference on requests' own inputs (embeddings), by outcome"
+    );
 }

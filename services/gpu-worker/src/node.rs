@@ -5,13 +5,19 @@
 //! `reports-<worker>`, sequence = a strictly increasing µs clock). No database.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use hcp_bus::{BusError, KafkaSettings, OutgoingMessage, Producer};
-use hcp_events::payload::{CommandAction, DeviceCommand, RunReported, RunStatus, WorkerHeartbeat};
+use hcp_events::payload::{
+    CommandAction, DeviceCommand, InferenceInput, RunOutput, RunReported, RunStatus,
+    WorkerHeartbeat,
+};
 use hcp_events::{headers, report_stream, Envelope, Event, Topic};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -20,7 +26,9 @@ use crate::backend::{Backend, BackendError, RunUpdate, StartRun};
 use crate::clock::MicrosClock;
 use crate::commands::{CommandFilter, Verdict};
 use crate::config::WorkerSettings;
+use crate::embed::{CpuEmbedder, Embedder};
 use crate::metrics as m;
+use crate::minilm;
 
 /// The `producer` of every envelope a worker sends.
 pub const PRODUCER: &str = "gpu-worker";
@@ -54,7 +62,77 @@ struct Worker<B> {
     id: String,
     backend: B,
     causes: HashMap<Uuid, Cause>,
+    /// Inference on the inputs of runs that carry them, by workload.
+    jobs: HashMap<Uuid, Job>,
 }
+
+/// The inference of one start of a run with inputs. It computes off the runtime while the run
+/// goes on; the backend's `completed` is held until it is done and then reported with the
+/// output (or as `failed`, with the reason, when inference failed).
+#[derive(Debug)]
+struct Job {
+    /// Tells this start's result from that of an earlier start of the same workload.
+    id: Uuid,
+    result: Option<Result<RunOutput, String>>,
+    held: Option<RunUpdate>,
+    /// Set when the run ends first: a job still waiting for a thread is then skipped.
+    cancelled: Arc<AtomicBool>,
+}
+
+/// Ends a run's job, if it has one; a result that comes later is dropped.
+fn end_job(jobs: &mut HashMap<Uuid, Job>, workload_id: Uuid) {
+    if let Some(job) = jobs.remove(&workload_id) {
+        job.cancelled.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A task for the inference threads.
+struct Task {
+    cancelled: Arc<AtomicBool>,
+    run: Box<dyn FnOnce() + Send>,
+}
+
+/// A fixed set of inference threads (one per core) fed in order, so a burst of requests queues
+/// instead of oversubscribing the cores the node's heartbeats also need. Dropping it ends the
+/// threads once the queue is empty.
+#[derive(Debug)]
+struct InferencePool {
+    tx: std::sync::mpsc::Sender<Task>,
+}
+
+impl std::fmt::Debug for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Task")
+            .field("cancelled", &self.cancelled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InferencePool {
+    fn new(threads: usize) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Task>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("inference-{i}"))
+                .spawn(move || loop {
+                    let next = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                    let Ok(task) = next else { break };
+                    if !task.cancelled.load(Ordering::Relaxed) {
+                        (task.run)();
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start an inference thread");
+            }
+        }
+        Self { tx }
+    }
+}
+
+/// An inference job's result: worker index, workload, job id, result.
+type JobDone = (usize, Uuid, Uuid, Result<RunOutput, String>);
 
 /// A report or heartbeat waiting to be produced.
 #[derive(Debug)]
@@ -73,6 +151,10 @@ pub struct WorkerNode<B> {
     kafka: KafkaSettings,
     workers: Vec<Worker<B>>,
     clock: MicrosClock,
+    embedder: Arc<dyn Embedder>,
+    pool: InferencePool,
+    jobs_tx: mpsc::UnboundedSender<JobDone>,
+    jobs_rx: mpsc::UnboundedReceiver<JobDone>,
 }
 
 impl WorkerNode<SimBackend> {
@@ -92,7 +174,9 @@ impl WorkerNode<SimBackend> {
 
 impl<B: Backend> WorkerNode<B> {
     /// Workers over the given backends, by worker id.
+    /// Inputs are embedded on the CPU by all-MiniLM-L6-v2 from [`minilm::model_dir`].
     pub fn new(settings: WorkerSettings, kafka: KafkaSettings, backends: Vec<(String, B)>) -> Self {
+        let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         Self {
             settings,
             kafka,
@@ -102,10 +186,23 @@ impl<B: Backend> WorkerNode<B> {
                     id,
                     backend,
                     causes: HashMap::new(),
+                    jobs: HashMap::new(),
                 })
                 .collect(),
             clock: MicrosClock::new(),
+            embedder: Arc::new(CpuEmbedder::new(minilm::model_dir())),
+            pool: InferencePool::new(
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            ),
+            jobs_tx,
+            jobs_rx,
         }
+    }
+
+    /// Replaces what computes the inference of runs with inputs.
+    pub fn with_embedder(mut self, embedder: Arc<dyn Embedder>) -> Self {
+        self.embedder = embedder;
+        self
     }
 
     /// The worker ids this process runs.
@@ -147,6 +244,7 @@ impl<B: Backend> WorkerNode<B> {
                         tokio::time::sleep(self.settings.tick()).await;
                     }
                 },
+                Some(done) = self.jobs_rx.recv() => self.on_job_done(done, &mut pending),
                 _ = tick.tick() => {
                     let now = Instant::now();
                     self.poll(now, &mut pending);
@@ -223,9 +321,10 @@ impl<B: Backend> WorkerNode<B> {
         now: Instant,
         pending: &mut Vec<Pending>,
     ) {
-        let Some(w) = self.workers.iter_mut().find(|w| w.id == cmd.worker_id) else {
+        let Some(wi) = self.workers.iter().position(|w| w.id == cmd.worker_id) else {
             return;
         };
+        let w = &mut self.workers[wi];
         let id = cmd.workload_id;
         let result: Result<Vec<RunUpdate>, BackendError> = match &cmd.action {
             CommandAction::Start {
@@ -233,10 +332,11 @@ impl<B: Backend> WorkerNode<B> {
                 gpu_ids,
                 duration_s,
                 resume_progress,
+                input,
             } => {
                 tracing::info!(%model, gpus = gpu_ids.len(), resume_progress, "starting run");
                 w.causes.insert(id, cause.clone());
-                w.backend.start(
+                let started = w.backend.start(
                     now,
                     StartRun {
                         workload_id: id,
@@ -245,13 +345,31 @@ impl<B: Backend> WorkerNode<B> {
                         duration_s: *duration_s,
                         resume_progress: *resume_progress,
                     },
-                )
+                );
+                // A new start replaces the job of an earlier one (its result is then dropped).
+                end_job(&mut w.jobs, id);
+                if let (Ok(_), Some(input)) = (&started, input) {
+                    let job = queue_job(
+                        &self.embedder,
+                        &self.pool,
+                        &self.jobs_tx,
+                        wi,
+                        id,
+                        model,
+                        input,
+                    );
+                    w.jobs.insert(id, job);
+                }
+                started
             }
             CommandAction::Pause => w.backend.pause(now, id).map(|u| vec![u]),
             CommandAction::Resume => w.backend.resume(now, id).map(|u| vec![u]),
             CommandAction::Checkpoint => w.backend.checkpoint(now, id).map(|u| vec![u]),
             CommandAction::Stop { checkpoint, reason } => {
                 tracing::info!(checkpoint, %reason, "stopping run");
+                // Also when the backend already finished the run and its completion waits for
+                // the inference: the stop ends that wait, and nothing more is reported.
+                end_job(&mut w.jobs, id);
                 w.backend
                     .stop(now, id, *checkpoint, reason)
                     .map(|u| vec![u])
@@ -281,7 +399,7 @@ impl<B: Backend> WorkerNode<B> {
             } else {
                 w.causes.get(&u.workload_id).cloned()
             };
-            pending.push(report(&w.id, &mut w.causes, u, c, &self.clock));
+            deliver(w, u, c, &self.clock, pending);
         }
     }
 
@@ -290,11 +408,33 @@ impl<B: Backend> WorkerNode<B> {
         for w in &mut self.workers {
             for u in w.backend.poll(now) {
                 let c = w.causes.get(&u.workload_id).cloned();
-                pending.push(report(&w.id, &mut w.causes, u, c, &self.clock));
+                deliver(w, u, c, &self.clock, pending);
             }
             runs += w.backend.running().len();
         }
         metrics::gauge!(m::RUNS).set(runs as f64);
+    }
+
+    /// An inference job finished: its run's held completion goes out now, or the result waits
+    /// for the completion. A job whose run ended (stopped, failed) or was started again is
+    /// dropped.
+    fn on_job_done(&mut self, (wi, id, job_id, result): JobDone, pending: &mut Vec<Pending>) {
+        let Some(w) = self.workers.get_mut(wi) else {
+            return;
+        };
+        let Some(job) = w.jobs.get_mut(&id).filter(|j| j.id == job_id) else {
+            tracing::debug!(workload_id = %id, "dropping the inference result of an ended run");
+            return;
+        };
+        match job.held.take() {
+            Some(u) => {
+                w.jobs.remove(&id);
+                let c = w.causes.get(&id).cloned();
+                let (u, output) = with_result(u, result);
+                pending.push(report(&w.id, &mut w.causes, u, output, c, &self.clock));
+            }
+            None => job.result = Some(result),
+        }
     }
 
     fn heartbeats(&mut self, now: Instant, pending: &mut Vec<Pending>) {
@@ -307,7 +447,18 @@ impl<B: Backend> WorkerNode<B> {
                     site: self.settings.site.clone(),
                     backend: w.backend.kind().to_owned(),
                     gpus: w.backend.gpus(),
-                    running: w.backend.running(),
+                    // A run whose completion waits for its inference still holds its work.
+                    running: w
+                        .backend
+                        .running()
+                        .into_iter()
+                        .chain(
+                            w.jobs
+                                .iter()
+                                .filter(|(_, j)| j.held.is_some())
+                                .map(|(id, _)| *id),
+                        )
+                        .collect(),
                     samples: w.backend.samples(now),
                 }),
             );
@@ -341,11 +492,97 @@ impl<B: Backend> WorkerNode<B> {
     }
 }
 
+/// Queues the inference of a run's inputs on the pool; the result comes back on `tx`. A panic
+/// in the embedder fails the run with the reason instead of holding it for ever.
+fn queue_job(
+    embedder: &Arc<dyn Embedder>,
+    pool: &InferencePool,
+    tx: &mpsc::UnboundedSender<JobDone>,
+    wi: usize,
+    workload_id: Uuid,
+    model: &str,
+    input: &InferenceInput,
+) -> Job {
+    let job_id = Uuid::now_v7();
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let (embedder, tx) = (embedder.clone(), tx.clone());
+    let (model, texts) = (model.to_owned(), input.texts.clone());
+    let run = Box::new(move || {
+        let started = Instant::now();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            embedder.embed(&model, &texts)
+        }))
+        .unwrap_or_else(|_| Err("inference failed on the worker (the embedder panicked)".into()));
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::histogram!(m::INFERENCE, "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        let _ = tx.send((wi, workload_id, job_id, result));
+    });
+    let queued = pool.tx.send(Task {
+        cancelled: cancelled.clone(),
+        run,
+    });
+    Job {
+        id: job_id,
+        result: queued
+            .err()
+            .map(|_| Err("the worker's inference threads are gone".into())),
+        held: None,
+        cancelled,
+    }
+}
+
+/// Reports an update, except that a completion whose inference is still running is held
+/// until the job is done; the end of a run ends its job.
+fn deliver<B>(
+    w: &mut Worker<B>,
+    u: RunUpdate,
+    cause: Option<Cause>,
+    clock: &MicrosClock,
+    pending: &mut Vec<Pending>,
+) {
+    let mut output = None;
+    let mut u = u;
+    if let Some(job) = w.jobs.get_mut(&u.workload_id) {
+        match u.status {
+            RunStatus::Completed => match job.result.take() {
+                None => {
+                    job.held = Some(u);
+                    return;
+                }
+                Some(result) => {
+                    end_job(&mut w.jobs, u.workload_id);
+                    (u, output) = with_result(u, result);
+                }
+            },
+            RunStatus::Failed | RunStatus::Stopped => end_job(&mut w.jobs, u.workload_id),
+            _ => {}
+        }
+    }
+    pending.push(report(&w.id, &mut w.causes, u, output, cause, clock));
+}
+
+/// A completion with its inference result: the output, or `failed` with the reason.
+fn with_result(
+    mut u: RunUpdate,
+    result: Result<RunOutput, String>,
+) -> (RunUpdate, Option<RunOutput>) {
+    match result {
+        Ok(o) => (u, Some(o)),
+        Err(reason) => {
+            u.status = RunStatus::Failed;
+            u.detail = Some(reason);
+            (u, None)
+        }
+    }
+}
+
 /// A run update as a pending `run.reported`.
 fn report(
     worker_id: &str,
     causes: &mut HashMap<Uuid, Cause>,
     u: RunUpdate,
+    output: Option<RunOutput>,
     cause: Option<Cause>,
     clock: &MicrosClock,
 ) -> Pending {
@@ -378,6 +615,7 @@ fn report(
             runtime_s: u.runtime_s,
             detail: u.detail,
             switch: u.switch,
+            output,
         }),
     );
     if let Some(c) = &cause {
@@ -486,6 +724,7 @@ mod tests {
                 gpu_ids: gpus.iter().map(|g| (*g).to_owned()).collect(),
                 duration_s: 10,
                 resume_progress: 0.0,
+                input: None,
             },
         }
     }
@@ -541,6 +780,124 @@ mod tests {
             r.detail.as_deref(),
             Some("GPU n-1/gpu-0 is not on this worker")
         );
+    }
+
+    /// Answers once `gate` is released: "ok" texts embed to their length, others fail.
+    #[derive(Debug)]
+    struct GatedEmbedder {
+        gate: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl Embedder for GatedEmbedder {
+        fn embed(&self, model: &str, texts: &[String]) -> Result<RunOutput, String> {
+            self.gate.lock().unwrap().recv().unwrap();
+            if texts.iter().any(|t| t != "ok") {
+                return Err(format!("{model} refused"));
+            }
+            let v: Vec<Vec<f32>> = texts.iter().map(|t| vec![t.len() as f32]).collect();
+            Ok(RunOutput::embeddings(model, &v, "test", 0.0))
+        }
+    }
+
+    fn gated() -> (WorkerNode<SimBackend>, std::sync::mpsc::Sender<()>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let n = node().with_embedder(Arc::new(GatedEmbedder {
+            gate: std::sync::Mutex::new(rx),
+        }));
+        (n, tx)
+    }
+
+    fn with_input(mut cmd: DeviceCommand, texts: &[&str]) -> DeviceCommand {
+        if let CommandAction::Start { input, .. } = &mut cmd.action {
+            *input = Some(InferenceInput {
+                texts: texts.iter().map(|t| (*t).to_owned()).collect(),
+            });
+        }
+        cmd
+    }
+
+    #[tokio::test]
+    async fn a_completion_waits_for_its_inference_and_carries_the_output() {
+        let (mut n, gate) = gated();
+        let mut pending = Vec::new();
+        let t0 = Instant::now();
+        let cmd = with_input(start("n-0", 1, &["n-0/gpu-0"]), &["ok", "ok"]);
+        n.obey(&cmd, cause(), t0, &mut pending);
+        n.poll(t0 + std::time::Duration::from_secs(60), &mut pending);
+        let statuses: Vec<RunStatus> = pending.iter().map(|p| reported(p).status).collect();
+        assert!(statuses.contains(&RunStatus::Started));
+        assert!(
+            !statuses.contains(&RunStatus::Completed),
+            "the completion waits for the inference"
+        );
+        // Still held: heartbeats keep listing it, so the resource-manager does not requeue it.
+        pending.clear();
+        n.heartbeats(t0, &mut pending);
+        let Event::WorkerHeartbeat(h) = &pending[0].envelope.payload else {
+            panic!()
+        };
+        assert_eq!(h.running, vec![Uuid::from_u128(1)]);
+        pending.clear();
+        gate.send(()).unwrap();
+        let done = n.jobs_rx.recv().await.unwrap();
+        n.on_job_done(done, &mut pending);
+        assert_eq!(pending.len(), 1);
+        let r = reported(&pending[0]);
+        assert_eq!(r.status, RunStatus::Completed);
+        assert_eq!(
+            r.output.as_ref().unwrap().decode_vectors().unwrap(),
+            vec![vec![2.0f32], vec![2.0]]
+        );
+        assert_eq!(pending[0].envelope.causation_id, Some(Uuid::from_u128(42)));
+        assert!(n.workers[0].jobs.is_empty());
+    }
+
+    #[tokio::test]
+    async fn failed_inference_fails_the_run_and_a_stopped_run_drops_its_result() {
+        let (mut n, gate) = gated();
+        let mut pending = Vec::new();
+        let t0 = Instant::now();
+        // Done before the run completes: the result waits for the completion.
+        n.obey(
+            &with_input(start("n-0", 1, &["n-0/gpu-0"]), &["bad"]),
+            cause(),
+            t0,
+            &mut pending,
+        );
+        gate.send(()).unwrap();
+        let done = n.jobs_rx.recv().await.unwrap();
+        n.on_job_done(done, &mut pending);
+        assert!(pending.is_empty());
+        n.poll(t0 + std::time::Duration::from_secs(60), &mut pending);
+        let last = reported(pending.last().unwrap());
+        assert_eq!(last.status, RunStatus::Failed);
+        assert_eq!(last.detail.as_deref(), Some("m refused"));
+        assert!(last.output.is_none());
+
+        // Stopped before its inference finishes: the late result is dropped.
+        pending.clear();
+        n.obey(
+            &with_input(start("n-0", 2, &["n-0/gpu-1"]), &["ok"]),
+            cause(),
+            t0,
+            &mut pending,
+        );
+        let stop = DeviceCommand {
+            command_id: Uuid::now_v7(),
+            worker_id: "n-0".into(),
+            workload_id: Uuid::from_u128(2),
+            action: CommandAction::Stop {
+                checkpoint: false,
+                reason: "test".into(),
+            },
+        };
+        n.obey(&stop, cause(), t0, &mut pending);
+        assert!(n.workers[0].jobs.is_empty());
+        pending.clear();
+        gate.send(()).unwrap();
+        let done = n.jobs_rx.recv().await.unwrap();
+        n.on_job_done(done, &mut pending);
+        assert!(pending.is_empty(), "{pending:?}");
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub fn happy_path(id: Uuid, tenant: &str, producer: &str) -> Vec<Envelope> {
         Event::WorkloadCompleted(WorkloadCompleted {
             workload_id: id,
             runtime_s: 60.0,
+            output: None,
         }),
     ]
     .into_iter()
@@ -185,6 +186,7 @@ async fn advance_due(store: &EventStore, topic: &str, flying: &mut VecDeque<InFl
                 Event::WorkloadCompleted(WorkloadCompleted {
                     workload_id: w.id,
                     runtime_s: 1.0,
+                    output: None,
                 }),
                 true,
                 0,

@@ -328,6 +328,7 @@ pub fn decide_report(view: &WorkloadView, r: &RunReported) -> ReportDecision {
             vec![Event::WorkloadCompleted(WorkloadCompleted {
                 workload_id: id,
                 runtime_s,
+                output: r.output.clone(),
             })],
             true,
             None,
@@ -339,6 +340,7 @@ pub fn decide_report(view: &WorkloadView, r: &RunReported) -> ReportDecision {
                 Event::WorkloadCompleted(WorkloadCompleted {
                     workload_id: id,
                     runtime_s,
+                    output: r.output.clone(),
                 }),
             ],
             true,
@@ -533,6 +535,7 @@ mod tests {
             runtime_s: 12.0,
             detail: None,
             switch: None,
+            output: None,
         }
     }
 
@@ -677,6 +680,23 @@ mod tests {
         };
         assert!(release);
         assert!(matches!(events[..], [Event::WorkloadCompleted(_)]));
+    }
+
+    #[test]
+    fn a_completion_carries_the_runs_output_into_the_workload_event() {
+        let out = RunOutput::embeddings("all-MiniLM-L6-v2", &[vec![0.5, 0.5]], "cpu", 1.0);
+        let mut r = report(RunStatus::Completed, 1.0);
+        r.output = Some(out.clone());
+        for state in [WorkloadState::Running, WorkloadState::Scheduled] {
+            let ReportDecision::Apply { events, .. } = decide_report(&view_in(state, 0.0), &r)
+            else {
+                panic!("not applied in {state:?}")
+            };
+            let Some(Event::WorkloadCompleted(c)) = events.last() else {
+                panic!("{events:?}")
+            };
+            assert_eq!(c.output.as_ref(), Some(&out), "{state:?}");
+        }
     }
 
     #[test]

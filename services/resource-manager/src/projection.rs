@@ -375,6 +375,7 @@ impl ResourceManager {
                             gpu_ids: p.gpu_ids.clone(),
                             duration_s: submitted.duration_s,
                             resume_progress: view.last_checkpoint,
+                            input: submitted.input.clone(),
                         },
                         cause,
                     )

@@ -194,6 +194,7 @@ mod tests {
         Event::WorkloadCompleted(WorkloadCompleted {
             workload_id: id(),
             runtime_s: 1.0,
+            output: None,
         })
     }
     fn cancelled() -> Event {

@@ -114,6 +114,88 @@ pub struct WorkloadSubmitted {
     pub deadline: Option<OffsetDateTime>,
     /// REST or Kafka.
     pub source: SubmissionSource,
+    /// What an inference request computes on (texts to embed); absent for work that brings
+    /// its own data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<InferenceInput>,
+}
+
+/// The inputs of an inference request, carried to the worker that runs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceInput {
+    /// Texts to embed, in order (1-64, each 1-4,096 bytes).
+    pub texts: Vec<String>,
+}
+
+/// What a finished run produced for its customer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RunOutput {
+    /// Sentence embeddings, one per input text, in input order.
+    Embeddings {
+        /// The model that computed them.
+        model: String,
+        /// Values per vector.
+        dims: u32,
+        /// Each vector as `dims` little-endian f32 values, base64 (standard alphabet).
+        vectors_b64: Vec<String>,
+        /// Where they were computed: `cuda` or `cpu`.
+        device: String,
+        /// Compute time, milliseconds.
+        compute_ms: f64,
+    },
+}
+
+impl RunOutput {
+    /// Embeddings as they travel: each vector base64 of its little-endian f32 values.
+    pub fn embeddings(model: &str, vectors: &[Vec<f32>], device: &str, compute_ms: f64) -> Self {
+        use base64::Engine as _;
+        let dims = vectors.first().map_or(0, Vec::len);
+        let vectors_b64 = vectors
+            .iter()
+            .map(|v| {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                base64::engine::general_purpose::STANDARD.encode(bytes)
+            })
+            .collect();
+        RunOutput::Embeddings {
+            model: model.to_owned(),
+            dims: u32::try_from(dims).unwrap_or(u32::MAX),
+            vectors_b64,
+            device: device.to_owned(),
+            compute_ms,
+        }
+    }
+
+    /// The vectors of an [`RunOutput::Embeddings`], decoded; an error names the first vector
+    /// that is not `dims` base64-encoded f32 values.
+    pub fn decode_vectors(&self) -> Result<Vec<Vec<f32>>, String> {
+        use base64::Engine as _;
+        let RunOutput::Embeddings {
+            dims, vectors_b64, ..
+        } = self;
+        vectors_b64
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b)
+                    .map_err(|e| format!("vector {i}: {e}"))?;
+                if bytes.len() != *dims as usize * 4 {
+                    return Err(format!(
+                        "vector {i}: {} bytes, expected {} f32 values",
+                        bytes.len(),
+                        dims
+                    ));
+                }
+                Ok(bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect())
+            })
+            .collect()
+    }
 }
 
 impl WorkloadSubmitted {
@@ -139,6 +221,7 @@ impl WorkloadSubmitted {
             interruptible: request.interruptible,
             deadline: request.deadline,
             source,
+            input: request.input.clone(),
         }
     }
 
@@ -166,6 +249,7 @@ impl WorkloadSubmitted {
             interruptible: None,
             deadline: None,
             source: SubmissionSource::Rest,
+            input: None,
         }
     }
 }
@@ -187,6 +271,7 @@ impl From<WorkloadSubmittedV1> for WorkloadSubmitted {
             interruptible: None,
             deadline: None,
             source: SubmissionSource::Rest,
+            input: None,
         }
     }
 }
@@ -320,6 +405,9 @@ pub struct WorkloadCompleted {
     pub workload_id: Uuid,
     /// Wall time spent running, in seconds.
     pub runtime_s: f64,
+    /// What the run produced (inference results), when it produces anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<RunOutput>,
 }
 
 /// A workload failed; `reason` is shown to the customer.
@@ -483,6 +571,9 @@ pub struct RunReported {
     pub detail: Option<String>,
     /// Model switch timings (with `started`).
     pub switch: Option<ModelSwitch>,
+    /// What the run produced (with `completed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<RunOutput>,
 }
 
 /// What a device command asks for.
@@ -499,6 +590,9 @@ pub enum CommandAction {
         duration_s: u32,
         /// Checkpoint to resume from, 0-1.
         resume_progress: f64,
+        /// The request's inputs (inference), computed on and returned with `completed`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        input: Option<InferenceInput>,
     },
     /// Pause in place (GPUs stay allocated).
     Pause,
@@ -948,4 +1042,32 @@ pub fn grid_stream(zone: &str) -> String {
 /// The stream id of the commands sent to one worker.
 pub fn command_stream(worker_id: &str) -> String {
     format!("commands-{worker_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn embeddings_round_trip_exactly_through_base64() {
+        let v = vec![vec![0.5f32, -1.25, f32::MIN_POSITIVE, 3.0e7], vec![0.0; 4]];
+        let out = RunOutput::embeddings("all-MiniLM-L6-v2", &v, "cpu", 1.5);
+        let RunOutput::Embeddings { dims, .. } = &out;
+        assert_eq!(*dims, 4);
+        let json = serde_json::to_string(&out).unwrap();
+        let back: RunOutput = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.decode_vectors().unwrap(), v);
+    }
+
+    #[test]
+    fn a_vector_of_the_wrong_length_is_named() {
+        let mut out = RunOutput::embeddings("m", &[vec![1.0f32, 2.0], vec![3.0, 4.0]], "cpu", 0.0);
+        let RunOutput::Embeddings { vectors_b64, .. } = &mut out;
+        vectors_b64[1] = "AAAA".into();
+        assert_eq!(
+            out.decode_vectors().unwrap_err(),
+            "vector 1: 3 bytes, expected 2 f32 values"
+        );
+    }
 }

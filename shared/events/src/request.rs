@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::payload::WorkloadKind;
+use crate::payload::{InferenceInput, WorkloadKind};
 
 /// Current version of the request schema.
 pub const WORKLOAD_REQUEST_VERSION: u16 = 1;
@@ -44,7 +44,16 @@ pub struct WorkloadRequest {
     #[serde(default, with = "time::serde::rfc3339::option")]
     #[schemars(with = "Option<String>")]
     pub deadline: Option<OffsetDateTime>,
+    /// Texts for an inference request to embed; the results come back with the completed
+    /// workload (`GET /api/v1/workloads/{id}/result`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<InferenceInput>,
 }
+
+/// Most texts in one inference request.
+pub const MAX_INPUT_TEXTS: usize = 64;
+/// Longest text in an inference request, bytes (the model reads at most 256 tokens).
+pub const MAX_INPUT_TEXT_BYTES: usize = 4096;
 
 /// One rejected field and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -97,6 +106,32 @@ impl WorkloadRequest {
                 reject("deadline", "must be in the future".into());
             }
         }
+        if let Some(input) = &self.input {
+            if self.kind == Some(WorkloadKind::Training) {
+                reject("input", "only inference requests carry texts".into());
+            }
+            if !(1..=MAX_INPUT_TEXTS).contains(&input.texts.len()) {
+                reject(
+                    "input.texts",
+                    format!(
+                        "must hold 1-{MAX_INPUT_TEXTS} texts, got {}",
+                        input.texts.len()
+                    ),
+                );
+            }
+            if let Some((i, t)) = input.texts.iter().enumerate().find(|(_, t)| {
+                t.trim().is_empty() || t.len() > MAX_INPUT_TEXT_BYTES || t.contains('\0')
+            }) {
+                reject(
+                    "input.texts",
+                    format!(
+                        "text {i} must be 1-{MAX_INPUT_TEXT_BYTES} bytes of visible text without \
+                         NUL, got {} bytes",
+                        t.len()
+                    ),
+                );
+            }
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -122,6 +157,7 @@ mod tests {
             latency_target_ms: Some(50),
             interruptible: None,
             deadline: None,
+            input: None,
         }
     }
 
@@ -149,6 +185,47 @@ mod tests {
         let errs = r.validate(OffsetDateTime::now_utc()).unwrap_err();
         let fields: Vec<_> = errs.iter().map(|e| e.field).collect();
         assert_eq!(fields, vec!["tenant_id", "gpu_type"]);
+    }
+
+    #[test]
+    fn inference_inputs_are_bounded_and_refused_on_training() {
+        let mut r = valid();
+        r.input = Some(InferenceInput {
+            texts: vec!["a".repeat(MAX_INPUT_TEXT_BYTES)],
+        });
+        assert_eq!(r.validate(OffsetDateTime::now_utc()), Ok(()));
+        r.input = Some(InferenceInput {
+            texts: vec!["a".repeat(MAX_INPUT_TEXT_BYTES + 1)],
+        });
+        let errs = r.validate(OffsetDateTime::now_utc()).unwrap_err();
+        assert_eq!(errs[0].field, "input.texts");
+        assert!(errs[0].message.contains("text 0"), "{}", errs[0].message);
+        r.input = Some(InferenceInput { texts: vec![] });
+        assert_eq!(
+            r.validate(OffsetDateTime::now_utc()).unwrap_err()[0].message,
+            "must hold 1-64 texts, got 0"
+        );
+        r.input = Some(InferenceInput {
+            texts: vec!["ok".into(); MAX_INPUT_TEXTS + 1],
+        });
+        assert!(r.validate(OffsetDateTime::now_utc()).is_err());
+        r.input = Some(InferenceInput {
+            texts: vec!["fine".into(), "  ".into()],
+        });
+        assert!(r.validate(OffsetDateTime::now_utc()).unwrap_err()[0]
+            .message
+            .starts_with("text 1 "));
+        r.input = Some(InferenceInput {
+            texts: vec!["fine".into()],
+        });
+        r.kind = Some(WorkloadKind::Training);
+        let fields: Vec<_> = r
+            .validate(OffsetDateTime::now_utc())
+            .unwrap_err()
+            .iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(fields, vec!["input"]);
     }
 
     #[test]

@@ -25,6 +25,9 @@ fn sample(ty: EventType) -> Event {
             interruptible: Some(false),
             deadline: Some(datetime!(2026-11-23 13:00 UTC)),
             source: SubmissionSource::Kafka,
+            input: Some(InferenceInput {
+                texts: vec!["HCP places workloads.".into()],
+            }),
         }),
         EventType::WorkloadQueued => Event::WorkloadQueued(WorkloadQueued {
             workload_id,
@@ -118,6 +121,7 @@ fn sample(ty: EventType) -> Event {
                 bind_ms: 2.5,
                 first_batch_ms: 12.0,
             }),
+            output: None,
         }),
         EventType::DeviceCommand => Event::DeviceCommand(DeviceCommand {
             command_id: Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0004),
@@ -128,6 +132,9 @@ fn sample(ty: EventType) -> Event {
                 gpu_ids: vec!["worker-a/gpu-0".into()],
                 duration_s: 900,
                 resume_progress: 0.5,
+                input: Some(InferenceInput {
+                    texts: vec!["HCP places workloads.".into()],
+                }),
             },
         }),
         EventType::WorkloadScheduled => Event::WorkloadScheduled(WorkloadScheduled {
@@ -139,6 +146,12 @@ fn sample(ty: EventType) -> Event {
         EventType::WorkloadCompleted => Event::WorkloadCompleted(WorkloadCompleted {
             workload_id,
             runtime_s: 901.5,
+            output: Some(RunOutput::embeddings(
+                "all-MiniLM-L6-v2",
+                &[vec![0.25, -0.5, 1.0]],
+                "cuda",
+                3.5,
+            )),
         }),
         EventType::WorkloadFailed => Event::WorkloadFailed(WorkloadFailed {
             workload_id,

@@ -510,9 +510,11 @@ fn state_label(s: hcp_events::payload::AsicState) -> &'static str {
 /// One message per rack at simulated time `t`; returns them and the number of samples.
 fn encode_tick(fleet: &mut Fleet, topic: &str, t: f64) -> (Vec<OutgoingMessage>, u64) {
     let layout = fleet.layout().clone();
-    let sampled_at = OffsetDateTime::from_unix_timestamp_nanos((t * 1e9) as i128)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    // The sample time is whole milliseconds and the stream sequence is that same number, so a
+    // consumer can rely on `sequence == sampled_at in ms` whatever rounding `t` carries.
     let sequence = (t * 1000.0).round() as i64;
+    let sampled_at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(sequence) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
     let mut out = Vec::with_capacity(layout.racks.len());
     let mut samples = 0u64;
     for (ri, rack) in layout.racks.iter().enumerate() {
@@ -565,4 +567,36 @@ fn encode_tick(fleet: &mut Fleet, topic: &str, t: f64) -> (Vec<OutgoingMessage>,
     }
     fleet.mark_sampled();
     (out, samples)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::layout::sites_from_counts;
+
+    #[test]
+    fn every_batch_sequence_is_its_sample_time_in_milliseconds_even_for_fractional_times() {
+        let layout = Arc::new(Layout::build(&sites_from_counts(1, 300), 100).unwrap());
+        // Times that do not survive `t * 1e9` exactly: truncating them loses a millisecond.
+        for t in [1_795_459_306.777, 1_700_000_000.1, 1_700_000_000.3] {
+            let mut fleet = Fleet::new(layout.clone(), SimParams::default().without_faults(), t);
+            fleet.advance(t);
+            let (batch, samples) = encode_tick(&mut fleet, "telemetry", t);
+            assert_eq!(batch.len(), 3);
+            assert_eq!(samples, 300);
+            for m in batch {
+                let e = Envelope::from_json(&m.payload).unwrap();
+                let Event::AsicTelemetryBatch(b) = e.payload else {
+                    panic!("not a telemetry batch: {:?}", e.payload);
+                };
+                assert_eq!(
+                    e.sequence,
+                    i64::try_from(b.sampled_at.unix_timestamp_nanos() / 1_000_000).unwrap(),
+                    "t = {t}"
+                );
+                assert_eq!(e.sequence, (t * 1000.0).round() as i64);
+            }
+        }
+    }
 }

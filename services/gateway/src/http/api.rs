@@ -10,7 +10,7 @@ use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde_json::{json, Map, Value};
 
 use super::views::*;
-use super::{admin, economics, resources, workloads, AppState};
+use super::{admin, economics, inference, resources, workloads, AppState};
 use crate::error::ErrorBody;
 
 /// Produces a schema (a `$ref` into `components/schemas` for named types).
@@ -297,6 +297,65 @@ pub fn operations() -> Vec<Operation> {
                 error(404, "No such workload (or another tenant's)."),
             ],
             handler: || get(workloads::status),
+        },
+        Operation {
+            method: Method::Get,
+            path: "/api/v1/workloads/{workload_id}/result",
+            operation_id: "getWorkloadResult",
+            tag: "inference",
+            summary: "What a completed workload produced (embeddings of its texts).",
+            access: Access::Any,
+            params: vec![workload_id_param()],
+            body: None,
+            replies: vec![
+                reply(200, "The embeddings.", schema::<EmbeddingsView>),
+                error(400, "The workload id is not a UUID."),
+                error(
+                    404,
+                    "No such workload (or another tenant's), or it produced no output.",
+                ),
+                error(
+                    409,
+                    "Not completed yet (`not_ready`), or failed or cancelled (the reason).",
+                ),
+            ],
+            handler: || get(inference::result),
+        },
+        Operation {
+            method: Method::Post,
+            path: "/api/v1/embeddings",
+            operation_id: "embed",
+            tag: "inference",
+            summary: "Embed texts now: a real-time inference workload, answered when done.",
+            access: Access::Tenant,
+            params: vec![Param {
+                name: "Idempotency-Key",
+                location: In::Header,
+                required: false,
+                description: "As for `submitWorkload`: a retry with the same key waits for \
+                    the same workload instead of running another.",
+                schema: schema::<String>,
+            }],
+            body: Some(schema::<EmbedRequest>),
+            replies: vec![
+                reply(
+                    200,
+                    "The embeddings, in input order.",
+                    schema::<EmbeddingsView>,
+                ),
+                reply(
+                    202,
+                    "Not done within `wait_ms`: poll `Location` (the workload's result).",
+                    schema::<Accepted>,
+                ),
+                error(400, "Invalid body; `fields` names what is wrong."),
+                error(
+                    409,
+                    "The workload failed or was cancelled; the reason is given.",
+                ),
+                error(422, "Idempotency key reused with a different request."),
+            ],
+            handler: || post(inference::embed),
         },
         workload_command(
             "cancelWorkload",

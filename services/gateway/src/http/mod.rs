@@ -5,6 +5,7 @@ pub mod admin;
 pub mod api;
 pub mod economics;
 pub mod extract;
+pub mod inference;
 pub mod resources;
 pub mod views;
 pub mod workloads;

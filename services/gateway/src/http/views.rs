@@ -1,7 +1,7 @@
 //! Request and response bodies of the REST API. Their JSON Schemas (derived) are what the
 //! OpenAPI document publishes.
 
-use hcp_events::payload::WorkloadKind;
+use hcp_events::payload::{InferenceInput, WorkloadKind};
 use hcp_events::{Tier, WorkloadRequest};
 use hcp_readmodel::WorkloadRecord;
 use schemars::JsonSchema;
@@ -41,6 +41,10 @@ pub struct SubmitWorkload {
     #[serde(default, with = "time::serde::rfc3339::option")]
     #[schemars(with = "Option<String>")]
     pub deadline: Option<OffsetDateTime>,
+    /// Texts to embed (inference; 1-64 texts of 1-4,096 bytes). The embeddings come back
+    /// with the completed workload: `GET /api/v1/workloads/{id}/result`.
+    #[serde(default)]
+    pub input: Option<InferenceInput>,
 }
 
 impl SubmitWorkload {
@@ -59,6 +63,7 @@ impl SubmitWorkload {
             latency_target_ms: self.latency_target_ms,
             interruptible: self.interruptible,
             deadline: self.deadline,
+            input: self.input,
         }
     }
 }
@@ -425,4 +430,42 @@ mod tests {
             "{err}"
         );
     }
+}
+
+/// `POST /api/v1/embeddings`: texts to embed, run as a real-time inference workload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedRequest {
+    /// Texts to embed (1-64, each 1-4,096 bytes), answered in the same order.
+    pub texts: Vec<String>,
+    /// Model; `all-MiniLM-L6-v2` (the default) is the one workers serve.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Required GPU model, e.g. `H100`.
+    #[serde(default)]
+    pub gpu_type: Option<String>,
+    /// Latency target, milliseconds (default 1,000).
+    #[serde(default)]
+    pub latency_target_ms: Option<u32>,
+    /// How long to wait for the embeddings, milliseconds (0-60,000, default 10,000). Past it
+    /// the reply is 202 with the workload; its result is at `/api/v1/workloads/{id}/result`.
+    #[serde(default)]
+    pub wait_ms: Option<u32>,
+}
+
+/// The embeddings a completed inference workload produced.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct EmbeddingsView {
+    /// The workload that computed them.
+    pub workload_id: Uuid,
+    /// The model.
+    pub model: String,
+    /// Values per embedding.
+    pub dims: u32,
+    /// Where they were computed (`cuda` or `cpu`).
+    pub device: String,
+    /// Compute time on the worker, milliseconds.
+    pub compute_ms: f64,
+    /// One L2-normalised embedding per input text, in input order.
+    pub embeddings: Vec<Vec<f32>>,
 }

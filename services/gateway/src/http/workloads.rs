@@ -11,7 +11,7 @@ use axum::Json;
 use hcp_db::{ExpectedVersion, Publish, StoreError};
 use hcp_domain::{transition, WorkloadState};
 use hcp_events::payload::{SubmissionSource, WorkloadCancelled, WorkloadPaused, WorkloadResumed};
-use hcp_events::{workload_stream, Envelope, Event};
+use hcp_events::{workload_stream, Envelope, Event, WorkloadRequest};
 use hcp_readmodel::board::{self, ListFilter};
 use hcp_readmodel::{resources as fleet, WorkloadRecord};
 use serde::Deserialize;
@@ -27,6 +27,7 @@ use crate::domain::cursor::Cursor;
 use crate::domain::eta::{self, EtaInputs};
 use crate::error::{ApiError, FieldProblem};
 use crate::metrics_names as m;
+use crate::repo::Tenant;
 use crate::submit::{self, Submission, SubmitError, Submitted, PRODUCER};
 
 /// Header naming the client's idempotency key.
@@ -40,7 +41,7 @@ pub const DEFAULT_LIMIT: i64 = 50;
 /// Appends retried after a concurrent writer moved the stream.
 const COMMAND_ATTEMPTS: usize = 5;
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
@@ -69,6 +70,31 @@ pub async fn submit(
     let key = idempotency_key(&headers)?;
     let request_id = body.request_id;
     let request = body.into_request(&tenant.id);
+    let (id, replayed) = accept(&app, &tenant, key, request_id, &request).await?;
+    let state = if replayed {
+        load(&app, &Caller::Tenant(tenant), id).await?.state
+    } else {
+        WorkloadState::Queued.as_str().to_owned()
+    };
+    let mut response = (StatusCode::ACCEPTED, Json(Accepted::new(id, state))).into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// Validates a REST request and records its submission (or finds the one its idempotency key
+/// already made): the workload id, and whether it was a replay. The header key wins over a
+/// client-chosen request id.
+pub(crate) async fn accept(
+    app: &AppState,
+    tenant: &Tenant,
+    key: Option<String>,
+    request_id: Option<Uuid>,
+    request: &WorkloadRequest,
+) -> Result<(Uuid, bool), ApiError> {
     if let Err(errors) = request.validate(OffsetDateTime::now_utc()) {
         let fields: Vec<FieldProblem> = errors.into_iter().map(Into::into).collect();
         let message = fields
@@ -82,18 +108,17 @@ pub async fn submit(
             fields,
         });
     }
-    // The header wins; otherwise a client-chosen request id is the key.
     let (key, key_field) = match (key, request_id) {
         (Some(k), _) => (Some(k), "Idempotency-Key"),
         (None, Some(id)) => (Some(id.to_string()), "request_id"),
         (None, None) => (None, "Idempotency-Key"),
     };
     let submission = Submission {
-        request: &request,
+        request,
         tier: tenant.tier,
         source: SubmissionSource::Rest,
         idempotency_key: key.as_deref(),
-        fingerprint: submit::fingerprint(&request),
+        fingerprint: submit::fingerprint(request),
     };
     let mut tx = app.pool().begin().await?;
     let outcome = submit::submit(&mut tx, &submission, app.workloads_topic()).await;
@@ -116,34 +141,25 @@ pub async fn submit(
         Err(SubmitError::Database(e)) => return Err(e.into()),
     };
     tx.commit().await?;
-    let id = outcome.workload_id();
-    let accepted = match outcome {
-        Submitted::Created(_) => {
-            metrics::counter!(m::SUBMISSIONS, "source" => "rest").increment(1);
-            Accepted::new(id, WorkloadState::Queued.as_str())
-        }
-        Submitted::Replayed(_) => {
-            let state = load(&app, &Caller::Tenant(tenant), id).await?.state;
-            Accepted::new(id, state)
-        }
-    };
-    let mut response = (StatusCode::ACCEPTED, Json(accepted)).into_response();
-    if matches!(outcome, Submitted::Replayed(_)) {
-        response
-            .headers_mut()
-            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    let replayed = matches!(outcome, Submitted::Replayed(_));
+    if !replayed {
+        metrics::counter!(m::SUBMISSIONS, "source" => "rest").increment(1);
     }
-    Ok(response)
+    Ok((outcome.workload_id(), replayed))
 }
 
-fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+pub(crate) fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::try_parse(raw).map_err(|_| ApiError::field("validation", "workload_id", "must be a UUID"))
 }
 
 /// The workload as the caller may see it: the board's row, or (when the board has not caught
 /// up with the stream, e.g. right after a submit or a cancel) the stream folded in memory.
 /// Another tenant's workload is reported missing.
-async fn load(app: &AppState, caller: &Caller, id: Uuid) -> Result<WorkloadRecord, ApiError> {
+pub(crate) async fn load(
+    app: &AppState,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<WorkloadRecord, ApiError> {
     let not_found = || ApiError::NotFound(format!("workload {id}"));
     let stream = workload_stream(id);
     let row = board::get(app.pool(), id).await?;

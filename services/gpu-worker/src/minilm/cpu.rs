@@ -11,11 +11,29 @@ pub fn linear(x: &[f32], w: &[f32], b: &[f32], inp: usize, out: usize) -> Vec<f3
         let xr = &x[t * inp..(t + 1) * inp];
         for o in 0..out {
             let wr = &w[o * inp..(o + 1) * inp];
-            let dot: f32 = xr.iter().zip(wr).map(|(a, b)| a * b).sum();
-            y[t * out + o] = dot + b[o];
+            y[t * out + o] = dot(xr, wr) + b[o];
         }
     }
     y
+}
+
+/// Dot product over eight independent partial sums, so the compiler can keep them in vector
+/// registers (a single running sum is one long dependency chain and does not vectorise).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Layer norm over each row of `HIDDEN` values, in place.
@@ -91,7 +109,7 @@ pub fn encode(w: &Weights, ids: &[u32]) -> Vec<f32> {
                 for (j, s) in scores.iter_mut().enumerate() {
                     let qi = &q[i * HIDDEN + off..i * HIDDEN + off + HEAD_DIM];
                     let kj = &k[j * HIDDEN + off..j * HIDDEN + off + HEAD_DIM];
-                    *s = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+                    *s = dot(qi, kj) * scale;
                 }
                 softmax(&mut scores);
                 for (j, &pj) in scores.iter().enumerate() {
@@ -181,6 +199,16 @@ mod tests {
         let var = x.iter().map(|v| v * v).sum::<f32>() / HIDDEN as f32;
         assert!(mean.abs() < 1e-4);
         assert!((var - 1.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn the_vector_dot_product_matches_the_plain_sum_at_every_length() {
+        for n in [0usize, 1, 7, 8, 9, 17, 384, 1536] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let plain: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(x * y)).sum();
+            assert!((f64::from(dot(&a, &b)) - plain).abs() < 1e-4, "n = {n}");
+        }
     }
 
     #[test]
