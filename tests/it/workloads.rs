@@ -409,13 +409,25 @@ async fn posted_texts_come_back_as_the_models_embeddings_and_failures_say_why() 
         assert_eq!(status, 200, "{early}");
     }
 
-    // A model no worker serves fails, and the failure says why.
-    let (status, _, failed) = api
+    // The endpoint serves one model and says so.
+    let (status, _, bad) = api
         .post_json(
             "/embeddings",
-            json!({"texts": ["hello"], "model": "llama-3-70b", "wait_ms": 30000}),
+            json!({"texts": ["hello"], "model": "llama-3-70b"}),
         )
         .await;
+    assert_eq!(status, 400, "{bad}");
+    assert_eq!(bad["error"]["fields"][0]["field"], "model");
+    // Texts on a workload of a model no worker can run them with: it fails, and its result
+    // says why.
+    let unserved = api
+        .submit_ok(
+            json!({"model": "llama-3-70b", "kind": "realtime_inference", "gpu_count": 1,
+                          "duration_s": 1, "input": {"texts": ["hello"]}}),
+        )
+        .await;
+    assert!(api.wait_state(unserved, "failed", LONG).await);
+    let (status, failed) = api.get(&format!("/workloads/{unserved}/result")).await;
     assert_eq!(status, 409, "{failed}");
     assert_eq!(failed["error"]["code"], "workload_failed");
     let message = failed["error"]["message"].as_str().unwrap();

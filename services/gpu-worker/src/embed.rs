@@ -6,7 +6,7 @@
 //! is loaded once, on first use, from [`crate::minilm::model_dir`].
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use hcp_events::payload::RunOutput;
@@ -25,15 +25,19 @@ pub fn serves(model: &str) -> bool {
 
 /// Computes a request's embeddings.
 pub trait Embedder: Send + Sync + std::fmt::Debug + 'static {
-    /// Embeds `texts` with `model`, in order; an error is the reason shown to the customer.
-    fn embed(&self, model: &str, texts: &[String]) -> Result<RunOutput, String>;
+    /// Embeds `texts` with `model`, in order, for a run on `gpu_ids`; an error is the reason
+    /// shown to the customer.
+    fn embed(&self, model: &str, gpu_ids: &[String], texts: &[String])
+        -> Result<RunOutput, String>;
 }
 
 /// all-MiniLM-L6-v2 on the CPU.
 #[derive(Debug)]
 pub struct CpuEmbedder {
     dir: PathBuf,
-    model: OnceLock<Result<Arc<MiniLm>, String>>,
+    /// Loaded on first use; a failed load is tried again by the next request (the model may
+    /// have been fetched since).
+    model: Mutex<Option<Arc<MiniLm>>>,
 }
 
 impl CpuEmbedder {
@@ -41,27 +45,34 @@ impl CpuEmbedder {
     pub fn new(dir: PathBuf) -> Self {
         Self {
             dir,
-            model: OnceLock::new(),
+            model: Mutex::new(None),
         }
     }
 
     fn model(&self) -> Result<Arc<MiniLm>, String> {
-        self.model
-            .get_or_init(|| {
-                MiniLm::load(&self.dir).map(Arc::new).map_err(|e| {
-                    tracing::error!(dir = %self.dir.display(), error = %e, "cannot load the embedding model");
-                    format!(
-                        "this worker cannot serve {EMBEDDING_MODEL}: {e} (expected under {DEFAULT_DIR} \
-                         or $HCP_MINILM_DIR)"
-                    )
-                })
-            })
-            .clone()
+        let mut slot = self.model.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(m) = slot.as_ref() {
+            return Ok(m.clone());
+        }
+        let m = MiniLm::load(&self.dir).map(Arc::new).map_err(|e| {
+            tracing::error!(dir = %self.dir.display(), error = %e, "cannot load the embedding model");
+            format!(
+                "this worker cannot serve {EMBEDDING_MODEL}: {e} (expected under {DEFAULT_DIR} \
+                 or $HCP_MINILM_DIR)"
+            )
+        })?;
+        *slot = Some(m.clone());
+        Ok(m)
     }
 }
 
 impl Embedder for CpuEmbedder {
-    fn embed(&self, model: &str, texts: &[String]) -> Result<RunOutput, String> {
+    fn embed(
+        &self,
+        model: &str,
+        _gpu_ids: &[String],
+        texts: &[String],
+    ) -> Result<RunOutput, String> {
         if !serves(model) {
             return Err(format!(
                 "model `{model}` has no inference implementation on this worker; \
@@ -97,9 +108,9 @@ mod tests {
     #[test]
     fn another_model_and_a_missing_model_directory_are_refused_with_the_reason() {
         let e = CpuEmbedder::new(PathBuf::from("/nonexistent/minilm"));
-        let err = e.embed("llama-3-70b", &["hi".into()]).unwrap_err();
+        let err = e.embed("llama-3-70b", &[], &["hi".into()]).unwrap_err();
         assert!(err.contains("no inference implementation"), "{err}");
-        let err = e.embed("all-MiniLM-L6-v2", &["hi".into()]).unwrap_err();
+        let err = e.embed("all-MiniLM-L6-v2", &[], &["hi".into()]).unwrap_err();
         assert!(err.contains("cannot serve all-MiniLM-L6-v2"), "{err}");
         assert!(err.contains("/nonexistent/minilm"), "{err}");
     }
@@ -112,7 +123,7 @@ mod tests {
             "A cat sat on the mat.".into(),
             "The graphics card is fully utilised.".into(),
         ];
-        let out = e.embed("all-MiniLM-L6-v2", &texts).unwrap();
+        let out = e.embed("all-MiniLM-L6-v2", &[], &texts).unwrap();
         let v = out.decode_vectors().unwrap();
         assert_eq!(v.len(), 3);
         assert!(v.iter().all(|x| x.len() == crate::minilm::HIDDEN));

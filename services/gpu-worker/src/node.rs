@@ -64,6 +64,8 @@ struct Worker<B> {
     causes: HashMap<Uuid, Cause>,
     /// Inference on the inputs of runs that carry them, by workload.
     jobs: HashMap<Uuid, Job>,
+    /// What computes it: the backend's devices, or the CPU.
+    embedder: Arc<dyn Embedder>,
 }
 
 /// The inference of one start of a run with inputs. It computes off the runtime while the run
@@ -151,7 +153,6 @@ pub struct WorkerNode<B> {
     kafka: KafkaSettings,
     workers: Vec<Worker<B>>,
     clock: MicrosClock,
-    embedder: Arc<dyn Embedder>,
     pool: InferencePool,
     jobs_tx: mpsc::UnboundedSender<JobDone>,
     jobs_rx: mpsc::UnboundedReceiver<JobDone>,
@@ -177,12 +178,14 @@ impl<B: Backend> WorkerNode<B> {
     /// Inputs are embedded on the CPU by all-MiniLM-L6-v2 from [`minilm::model_dir`].
     pub fn new(settings: WorkerSettings, kafka: KafkaSettings, backends: Vec<(String, B)>) -> Self {
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+        let cpu: Arc<dyn Embedder> = Arc::new(CpuEmbedder::new(minilm::model_dir()));
         Self {
             settings,
             kafka,
             workers: backends
                 .into_iter()
                 .map(|(id, backend)| Worker {
+                    embedder: backend.embedder().unwrap_or_else(|| cpu.clone()),
                     id,
                     backend,
                     causes: HashMap::new(),
@@ -190,7 +193,6 @@ impl<B: Backend> WorkerNode<B> {
                 })
                 .collect(),
             clock: MicrosClock::new(),
-            embedder: Arc::new(CpuEmbedder::new(minilm::model_dir())),
             pool: InferencePool::new(
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             ),
@@ -199,9 +201,11 @@ impl<B: Backend> WorkerNode<B> {
         }
     }
 
-    /// Replaces what computes the inference of runs with inputs.
+    /// Replaces what computes the inference of runs with inputs, on every worker.
     pub fn with_embedder(mut self, embedder: Arc<dyn Embedder>) -> Self {
-        self.embedder = embedder;
+        for w in &mut self.workers {
+            w.embedder = embedder.clone();
+        }
         self
     }
 
@@ -350,12 +354,12 @@ impl<B: Backend> WorkerNode<B> {
                 end_job(&mut w.jobs, id);
                 if let (Ok(_), Some(input)) = (&started, input) {
                     let job = queue_job(
-                        &self.embedder,
+                        &w.embedder,
                         &self.pool,
                         &self.jobs_tx,
-                        wi,
-                        id,
+                        (wi, id),
                         model,
+                        gpu_ids,
                         input,
                     );
                     w.jobs.insert(id, job);
@@ -498,19 +502,19 @@ fn queue_job(
     embedder: &Arc<dyn Embedder>,
     pool: &InferencePool,
     tx: &mpsc::UnboundedSender<JobDone>,
-    wi: usize,
-    workload_id: Uuid,
+    (wi, workload_id): (usize, Uuid),
     model: &str,
+    gpu_ids: &[String],
     input: &InferenceInput,
 ) -> Job {
     let job_id = Uuid::now_v7();
     let cancelled = Arc::new(AtomicBool::new(false));
     let (embedder, tx) = (embedder.clone(), tx.clone());
-    let (model, texts) = (model.to_owned(), input.texts.clone());
+    let (model, gpu_ids, texts) = (model.to_owned(), gpu_ids.to_vec(), input.texts.clone());
     let run = Box::new(move || {
         let started = Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            embedder.embed(&model, &texts)
+            embedder.embed(&model, &gpu_ids, &texts)
         }))
         .unwrap_or_else(|_| Err("inference failed on the worker (the embedder panicked)".into()));
         let outcome = if result.is_ok() { "ok" } else { "error" };
@@ -782,15 +786,22 @@ mod tests {
         );
     }
 
-    /// Answers once `gate` is released: "ok" texts embed to their length, others fail.
+    /// Answers once `gate` is released: "ok" texts embed to their length, "panic" panics,
+    /// others fail.
     #[derive(Debug)]
     struct GatedEmbedder {
         gate: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
     }
 
     impl Embedder for GatedEmbedder {
-        fn embed(&self, model: &str, texts: &[String]) -> Result<RunOutput, String> {
+        fn embed(
+            &self,
+            model: &str,
+            _gpu_ids: &[String],
+            texts: &[String],
+        ) -> Result<RunOutput, String> {
             self.gate.lock().unwrap().recv().unwrap();
+            assert!(texts.iter().all(|t| t != "panic"), "embedder bug");
             if texts.iter().any(|t| t != "ok") {
                 return Err(format!("{model} refused"));
             }
@@ -894,10 +905,77 @@ mod tests {
         n.obey(&stop, cause(), t0, &mut pending);
         assert!(n.workers[0].jobs.is_empty());
         pending.clear();
+        // A thread may already be in the job (then it finishes and its result is dropped), or
+        // the job is skipped as cancelled (then nothing comes).
         gate.send(()).unwrap();
-        let done = n.jobs_rx.recv().await.unwrap();
-        n.on_job_done(done, &mut pending);
+        let wait = std::time::Duration::from_millis(500);
+        if let Ok(Some(done)) = tokio::time::timeout(wait, n.jobs_rx.recv()).await {
+            n.on_job_done(done, &mut pending);
+        }
         assert!(pending.is_empty(), "{pending:?}");
+    }
+
+    #[tokio::test]
+    async fn a_stop_ends_a_held_completion_and_a_panicking_embedder_fails_the_run() {
+        let (mut n, gate) = gated();
+        let mut pending = Vec::new();
+        let t0 = Instant::now();
+        let later = t0 + std::time::Duration::from_secs(60);
+        n.obey(
+            &with_input(start("n-0", 1, &["n-0/gpu-0"]), &["ok"]),
+            cause(),
+            t0,
+            &mut pending,
+        );
+        n.poll(later, &mut pending);
+        assert!(n.workers[0].jobs[&Uuid::from_u128(1)].held.is_some());
+        // The backend has finished the run, so it does not know it any more; the stop still
+        // ends the wait, and heartbeats stop listing the run.
+        let stop = DeviceCommand {
+            command_id: Uuid::now_v7(),
+            worker_id: "n-0".into(),
+            workload_id: Uuid::from_u128(1),
+            action: CommandAction::Stop {
+                checkpoint: false,
+                reason: "cancelled".into(),
+            },
+        };
+        n.obey(&stop, cause(), later, &mut pending);
+        assert!(n.workers[0].jobs.is_empty());
+        pending.clear();
+        n.heartbeats(later, &mut pending);
+        let Event::WorkerHeartbeat(h) = &pending[0].envelope.payload else {
+            panic!()
+        };
+        assert!(h.running.is_empty(), "{:?}", h.running);
+
+        // A panic in the embedder is a failed run with the reason, not a run held for ever.
+        pending.clear();
+        n.obey(
+            &with_input(start("n-0", 2, &["n-0/gpu-1"]), &["panic"]),
+            cause(),
+            later,
+            &mut pending,
+        );
+        gate.send(()).unwrap();
+        let done = tokio::time::timeout(std::time::Duration::from_secs(10), n.jobs_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        // The first job's result, if its thread got to it, is for an ended run: dropped.
+        let done = if done.1 == Uuid::from_u128(2) {
+            done
+        } else {
+            n.on_job_done(done, &mut pending);
+            gate.send(()).unwrap();
+            n.jobs_rx.recv().await.unwrap()
+        };
+        n.on_job_done(done, &mut pending);
+        n.poll(later + std::time::Duration::from_secs(60), &mut pending);
+        let last = reported(pending.last().unwrap());
+        assert_eq!(last.workload_id, Uuid::from_u128(2));
+        assert_eq!(last.status, RunStatus::Failed);
+        assert!(last.detail.as_deref().unwrap().contains("panicked"));
     }
 
     #[test]

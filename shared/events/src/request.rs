@@ -54,6 +54,10 @@ pub struct WorkloadRequest {
 pub const MAX_INPUT_TEXTS: usize = 64;
 /// Longest text in an inference request, bytes (the model reads at most 256 tokens).
 pub const MAX_INPUT_TEXT_BYTES: usize = 4096;
+/// Most text bytes in one inference request, all texts together: keeps every event that
+/// carries them (and its JSON escaping) far below the broker's 1 MB message limit and within
+/// the gateway's body limit.
+pub const MAX_INPUT_TOTAL_BYTES: usize = 65_536;
 
 /// One rejected field and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -119,9 +123,13 @@ impl WorkloadRequest {
                     ),
                 );
             }
-            if let Some((i, t)) = input.texts.iter().enumerate().find(|(_, t)| {
-                t.trim().is_empty() || t.len() > MAX_INPUT_TEXT_BYTES || t.contains('\0')
-            }) {
+            let blank = |t: &str| t.chars().all(|c| c.is_whitespace() || c.is_control());
+            if let Some((i, t)) = input
+                .texts
+                .iter()
+                .enumerate()
+                .find(|(_, t)| blank(t) || t.len() > MAX_INPUT_TEXT_BYTES || t.contains('\0'))
+            {
                 reject(
                     "input.texts",
                     format!(
@@ -130,6 +138,16 @@ impl WorkloadRequest {
                         t.len()
                     ),
                 );
+            } else {
+                let total: usize = input.texts.iter().map(String::len).sum();
+                if total > MAX_INPUT_TOTAL_BYTES {
+                    reject(
+                        "input.texts",
+                        format!(
+                            "must hold at most {MAX_INPUT_TOTAL_BYTES} bytes in all, got {total}"
+                        ),
+                    );
+                }
             }
         }
         if errors.is_empty() {
@@ -210,7 +228,18 @@ mod tests {
         });
         assert!(r.validate(OffsetDateTime::now_utc()).is_err());
         r.input = Some(InferenceInput {
-            texts: vec!["fine".into(), "  ".into()],
+            texts: vec!["a".repeat(MAX_INPUT_TEXT_BYTES); 16],
+        });
+        assert_eq!(r.validate(OffsetDateTime::now_utc()), Ok(()));
+        r.input = Some(InferenceInput {
+            texts: vec!["a".repeat(MAX_INPUT_TEXT_BYTES); 17],
+        });
+        assert_eq!(
+            r.validate(OffsetDateTime::now_utc()).unwrap_err()[0].message,
+            "must hold at most 65536 bytes in all, got 69632"
+        );
+        r.input = Some(InferenceInput {
+            texts: vec!["fine".into(), " \u{7}\t".into()],
         });
         assert!(r.validate(OffsetDateTime::now_utc()).unwrap_err()[0]
             .message

@@ -348,7 +348,11 @@ pub fn operations() -> Vec<Operation> {
                     "Not done within `wait_ms`: poll `Location` (the workload's result).",
                     schema::<Accepted>,
                 ),
-                error(400, "Invalid body; `fields` names what is wrong."),
+                error(
+                    400,
+                    "Invalid body (`fields` names what is wrong), or a model other than \
+                     all-MiniLM-L6-v2.",
+                ),
                 error(
                     409,
                     "The workload failed or was cancelled; the reason is given.",

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::extract::{Caller, JsonBody, TenantCaller};
 use super::views::{Accepted, EmbedRequest, EmbeddingsView};
-use super::workloads::{accept, idempotency_key, load, parse_id};
+use super::workloads::{accept, idempotency_key, load, parse_id, IDEMPOTENT_REPLAYED};
 use super::AppState;
 use crate::error::{ApiError, FieldProblem};
 
@@ -26,8 +26,16 @@ pub const DEFAULT_EMBEDDING_MODEL: &str = "all-MiniLM-L6-v2";
 /// Default and longest wait for a result.
 const DEFAULT_WAIT_MS: u32 = 10_000;
 const MAX_WAIT_MS: u32 = 60_000;
-/// How often a waiting request looks for its result.
-const POLL: Duration = Duration::from_millis(20);
+/// How often a waiting request looks for its result: first soon (a short request is done in
+/// tens of milliseconds), then less often, so long waits do not load the database.
+const FIRST_POLL: Duration = Duration::from_millis(10);
+const MAX_POLL: Duration = Duration::from_millis(250);
+
+/// Whether `model` names the embedding model (bare or with its organisation, any case).
+fn is_embedding_model(model: &str) -> bool {
+    let bare = model.rsplit('/').next().unwrap_or(model);
+    bare.eq_ignore_ascii_case(DEFAULT_EMBEDDING_MODEL)
+}
 
 /// The output of workload `id` when it has completed; `None` while it is still on its way. A
 /// workload that ended otherwise, or completed without an output, is an error naming why.
@@ -129,13 +137,21 @@ pub async fn embed(
             format!("must be 0-{MAX_WAIT_MS}, got {wait_ms}"),
         ));
     }
+    let model = body
+        .model
+        .unwrap_or_else(|| DEFAULT_EMBEDDING_MODEL.to_owned());
+    if !is_embedding_model(&model) {
+        return Err(ApiError::field(
+            "validation",
+            "model",
+            format!("embeddings are served by {DEFAULT_EMBEDDING_MODEL}, not `{model}`"),
+        ));
+    }
     let request = WorkloadRequest {
         request_id: Uuid::nil(),
         tenant_id: tenant.id.clone(),
         kind: Some(WorkloadKind::RealtimeInference),
-        model: body
-            .model
-            .unwrap_or_else(|| DEFAULT_EMBEDDING_MODEL.to_owned()),
+        model,
         gpu_count: 1,
         gpu_memory_gib: None,
         gpu_type: body.gpu_type,
@@ -146,26 +162,35 @@ pub async fn embed(
         deadline: None,
         input: Some(InferenceInput { texts: body.texts }),
     };
-    let (id, _) = accept(&app, &tenant, key, None, &request)
+    let (id, replayed) = accept(&app, &tenant, key, None, &request)
         .await
         .map_err(rename_input_fields)?;
     let caller = Caller::Tenant(tenant);
     let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms));
-    loop {
+    let mut pause = FIRST_POLL;
+    let mut response = loop {
         let rec = load(&app, &caller, id).await?;
         if let Some(view) = output(&app, id, &rec).await? {
-            return Ok(Json(view).into_response());
+            break Json(view).into_response();
         }
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if now >= deadline {
             let mut response =
                 (StatusCode::ACCEPTED, Json(Accepted::new(id, rec.state))).into_response();
             if let Ok(v) = HeaderValue::from_str(&result_link(id)) {
                 response.headers_mut().insert(header::LOCATION, v);
             }
-            return Ok(response);
+            break response;
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(pause.min(deadline - now)).await;
+        pause = (pause * 2).min(MAX_POLL);
+    };
+    if replayed {
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
+    Ok(response)
 }
 
 /// This endpoint's body has `texts` where a workload request has `input.texts`.

@@ -98,4 +98,10 @@ pub trait Backend: Send + std::fmt::Debug + 'static {
 
     /// One telemetry sample per GPU.
     fn samples(&mut self, now: Instant) -> Vec<GpuSample>;
+
+    /// What computes the inference of runs' own inputs on this backend's devices; `None`: the
+    /// node's CPU embedder.
+    fn embedder(&self) -> Option<std::sync::Arc<dyn crate::embed::Embedder>> {
+        None
+    }
 }

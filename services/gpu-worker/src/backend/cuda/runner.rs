@@ -26,6 +26,8 @@ use crate::config::WorkerSettings;
 
 /// Progress below 1 by less than this counts as done.
 const EPS: f64 = 1e-9;
+/// Longest wait for a GPU to embed a request's texts.
+const EMBED_TIMEOUT: Duration = Duration::from_secs(120);
 /// Sentences per background batch while a run works.
 const WORK_BATCH: usize = 32;
 const WORK_SENTENCES: [&str; 4] = [
@@ -57,7 +59,34 @@ pub enum Command {
         /// The model.
         model: String,
     },
+    /// Embed a request's texts with `model` (loaded again if it was evicted) and answer on
+    /// `reply`.
+    Embed {
+        /// The model.
+        model: String,
+        /// The texts, in order.
+        texts: Vec<String>,
+        /// Where the embeddings (or why not) go.
+        reply: ReplyTo,
+    },
 }
+
+/// Embeddings of a request's texts, or why the GPU could not compute them.
+pub type EmbedResult = Result<Vec<Vec<f32>>, String>;
+
+/// Where a lane answers an [`Command::Embed`]. Commands compare by what they ask, so any two
+/// of these compare equal.
+#[derive(Debug, Clone)]
+pub struct ReplyTo(pub mpsc::SyncSender<EmbedResult>);
+
+impl PartialEq for ReplyTo {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// Sends commands to one GPU's thread from any thread.
+pub type CommandSink = std::sync::Arc<dyn Fn(Command) + Send + Sync>;
 
 /// What a GPU's thread reports.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,6 +110,8 @@ pub trait Lane: Send + std::fmt::Debug + 'static {
     fn finished(&self) -> Vec<Switched>;
     /// A telemetry sample.
     fn sample(&self) -> GpuSample;
+    /// A handle that sends this GPU commands from other threads (the inference pool).
+    fn sink(&self) -> CommandSink;
 }
 
 /// A GPU driven by its own thread.
@@ -196,6 +227,13 @@ fn lane_loop(
                 });
             }
             Some(Command::Work { model, on }) => working = on.then_some(model),
+            Some(Command::Embed {
+                model,
+                texts,
+                reply,
+            }) => {
+                let _ = reply.0.send(embed_texts(&mut host, model_dir, &model, &texts));
+            }
             Some(Command::Unbind { model }) => {
                 if working.as_deref() == Some(model.as_str()) {
                     working = None;
@@ -214,6 +252,28 @@ fn lane_loop(
     if let Err(e) = host.clear() {
         tracing::warn!(gpu = %gpu_id, error = %e, "freeing VRAM at shutdown failed");
     }
+}
+
+/// A request's texts on this GPU: with the model resident (the run switched to it), else
+/// loaded again first (evicted since), and unpinned again after.
+fn embed_texts(
+    host: &mut GpuHost,
+    model_dir: &std::path::Path,
+    model: &str,
+    texts: &[String],
+) -> EmbedResult {
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    if let Ok(v) = host.embed(model, &refs) {
+        return Ok(v);
+    }
+    host.register(model, model_dir)
+        .and_then(|()| host.switch(model, &refs[..refs.len().min(1)]))
+        .and_then(|_| {
+            let v = host.embed(model, &refs);
+            let _ = host.unbind(model);
+            v
+        })
+        .map_err(|e| format!("embedding on GPU {} failed: {e}", host.info().uuid))
 }
 
 impl Lane for ThreadLane {
@@ -240,6 +300,73 @@ impl Lane for ThreadLane {
             .and_then(|t| t.sample(&self.info.uuid).ok())
             .unwrap_or_default()
             .to_gpu_sample(&self.info.uuid)
+    }
+
+    fn sink(&self) -> CommandSink {
+        let tx = self.tx.clone();
+        std::sync::Arc::new(move |cmd| {
+            if let Some(tx) = &tx {
+                let _ = tx.send(cmd);
+            }
+        })
+    }
+}
+
+/// Requests' texts on the GPUs of their run: the first GPU of the gang embeds them, between
+/// its batches.
+pub struct LaneEmbedder {
+    sinks: BTreeMap<String, CommandSink>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for LaneEmbedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaneEmbedder")
+            .field("gpus", &self.sinks.keys().collect::<Vec<_>>())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl crate::embed::Embedder for LaneEmbedder {
+    fn embed(
+        &self,
+        model: &str,
+        gpu_ids: &[String],
+        texts: &[String],
+    ) -> Result<hcp_events::payload::RunOutput, String> {
+        if !crate::embed::serves(model) {
+            return Err(format!(
+                "model `{model}` has no inference implementation on this worker; \
+                 embeddings are served by {}",
+                crate::embed::EMBEDDING_MODEL
+            ));
+        }
+        let (gpu, sink) = gpu_ids
+            .iter()
+            .find_map(|g| self.sinks.get(g).map(|s| (g, s)))
+            .ok_or_else(|| format!("none of the run's GPUs {gpu_ids:?} is on this worker"))?;
+        let started = Instant::now();
+        let (tx, rx) = mpsc::sync_channel(1);
+        sink(Command::Embed {
+            model: model.to_owned(),
+            texts: texts.to_vec(),
+            reply: ReplyTo(tx),
+        });
+        let vectors = rx
+            .recv_timeout(self.timeout)
+            .map_err(|_| {
+                format!(
+                    "GPU {gpu} did not answer within {} s",
+                    self.timeout.as_secs()
+                )
+            })??;
+        Ok(hcp_events::payload::RunOutput::embeddings(
+            crate::embed::EMBEDDING_MODEL,
+            &vectors,
+            "cuda",
+            started.elapsed().as_secs_f64() * 1000.0,
+        ))
     }
 }
 
@@ -629,6 +756,17 @@ impl<L: Lane> Backend for CudaBackend<L> {
     fn samples(&mut self, _now: Instant) -> Vec<GpuSample> {
         self.lanes.iter().map(Lane::sample).collect()
     }
+
+    fn embedder(&self) -> Option<std::sync::Arc<dyn crate::embed::Embedder>> {
+        Some(std::sync::Arc::new(LaneEmbedder {
+            sinks: self
+                .lanes
+                .iter()
+                .map(|l| (l.spec().gpu_id, l.sink()))
+                .collect(),
+            timeout: EMBED_TIMEOUT,
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -687,6 +825,17 @@ mod tests {
                 power_w: 0.0,
                 temperature_c: 0.0,
             }
+        }
+        /// Records the command; an `Embed` is answered with one `[len]` vector per text.
+        fn sink(&self) -> CommandSink {
+            let sent = self.sent.clone();
+            Arc::new(move |cmd: Command| {
+                if let Command::Embed { texts, reply, .. } = &cmd {
+                    let v = texts.iter().map(|t| vec![t.len() as f32]).collect();
+                    let _ = reply.0.send(Ok(v));
+                }
+                sent.lock().unwrap().push(cmd);
+            })
         }
     }
 
@@ -800,6 +949,29 @@ mod tests {
             .unwrap();
         assert!((s.progress - 0.2).abs() < 1e-9);
         assert_eq!(s.detail.as_deref(), Some("preempted"));
+    }
+
+    #[test]
+    fn a_requests_texts_go_to_the_first_gpu_of_its_run_and_come_back_as_cuda_embeddings() {
+        let (be, a, b) = backend();
+        let e = be.embedder().unwrap();
+        let texts = vec!["ab".to_owned(), "abcd".to_owned()];
+        let gpus = ["GPU-b".to_owned(), "GPU-a".to_owned()];
+        let out = e.embed("all-MiniLM-L6-v2", &gpus, &texts).unwrap();
+        assert_eq!(out.decode_vectors().unwrap(), vec![vec![2.0], vec![4.0]]);
+        let hcp_events::payload::RunOutput::Embeddings { device, .. } = &out;
+        assert_eq!(device, "cuda");
+        assert!(a.sent().is_empty());
+        assert!(matches!(
+            b.sent().as_slice(),
+            [Command::Embed { model, .. }] if model == "all-MiniLM-L6-v2"
+        ));
+        let err = e.embed("llama-3-70b", &gpus, &texts).unwrap_err();
+        assert!(err.contains("no inference implementation"), "{err}");
+        let err = e
+            .embed("all-MiniLM-L6-v2", &["GPU-z".to_owned()], &texts)
+            .unwrap_err();
+        assert!(err.contains("GPU-z"), "{err}");
     }
 
     #[test]
