@@ -110,7 +110,9 @@ mod tests {
         let e = CpuEmbedder::new(PathBuf::from("/nonexistent/minilm"));
         let err = e.embed("llama-3-70b", &[], &["hi".into()]).unwrap_err();
         assert!(err.contains("no inference implementation"), "{err}");
-        let err = e.embed("all-MiniLM-L6-v2", &[], &["hi".into()]).unwrap_err();
+        let err = e
+            .embed("all-MiniLM-L6-v2", &[], &["hi".into()])
+            .unwrap_err();
         assert!(err.contains("cannot serve all-MiniLM-L6-v2"), "{err}");
         assert!(err.contains("/nonexistent/minilm"), "{err}");
     }

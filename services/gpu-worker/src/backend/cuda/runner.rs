@@ -232,7 +232,9 @@ fn lane_loop(
                 texts,
                 reply,
             }) => {
-                let _ = reply.0.send(embed_texts(&mut host, model_dir, &model, &texts));
+                let _ = reply
+                    .0
+                    .send(embed_texts(&mut host, model_dir, &model, &texts));
             }
             Some(Command::Unbind { model }) => {
                 if working.as_deref() == Some(model.as_str()) {
@@ -353,14 +355,12 @@ impl crate::embed::Embedder for LaneEmbedder {
             texts: texts.to_vec(),
             reply: ReplyTo(tx),
         });
-        let vectors = rx
-            .recv_timeout(self.timeout)
-            .map_err(|_| {
-                format!(
-                    "GPU {gpu} did not answer within {} s",
-                    self.timeout.as_secs()
-                )
-            })??;
+        let vectors = rx.recv_timeout(self.timeout).map_err(|_| {
+            format!(
+                "GPU {gpu} did not answer within {} s",
+                self.timeout.as_secs()
+            )
+        })??;
         Ok(hcp_events::payload::RunOutput::embeddings(
             crate::embed::EMBEDDING_MODEL,
             &vectors,
