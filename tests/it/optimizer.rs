@@ -690,6 +690,7 @@ async fn training_is_paused_while_batch_is_not_allowed_and_resumed_after_but_rea
             tick_ms: 20,
             time_scale: 1.0,
             checkpoint_every: 0.1,
+            checkpoint_min_s: 0.0,
             ..Default::default()
         },
         w.env.kafka.clone(),

@@ -88,6 +88,7 @@ fn worker_settings(id: &str, gpus: u32, time_scale: f64) -> WorkerSettings {
         tick_ms: 20,
         time_scale,
         checkpoint_every: 0.1,
+        checkpoint_min_s: 0.0,
         ..Default::default()
     }
 }

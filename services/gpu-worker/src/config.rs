@@ -68,8 +68,11 @@ pub struct WorkerSettings {
     pub tick_ms: u64,
     /// Simulated seconds per real second.
     pub time_scale: f64,
-    /// Checkpoint every this fraction of a run (0 disables).
+    /// Checkpoint every this fraction of a run (0 disables)...
     pub checkpoint_every: f64,
+    /// ...but no more often than every this many seconds of run time (simulated).
+    #[serde(default = "default_checkpoint_min_s")]
+    pub checkpoint_min_s: f64,
     /// Models resident per GPU.
     pub vram_models: usize,
     /// Cold load time per GiB of model on one GPU, simulated ms.
@@ -91,6 +94,10 @@ pub struct WorkerSettings {
     /// CUDA backend: fraction of each GPU's memory that resident models may hold.
     #[serde(default = "default_vram_budget_fraction")]
     pub vram_budget_fraction: f64,
+}
+
+fn default_checkpoint_min_s() -> f64 {
+    60.0
 }
 
 /// Which device backend the worker runs.
@@ -121,6 +128,7 @@ impl Default for WorkerSettings {
             tick_ms: 50,
             time_scale: 1.0,
             checkpoint_every: 0.1,
+            checkpoint_min_s: default_checkpoint_min_s(),
             vram_models: 2,
             cold_load_ms_per_gib: 250.0,
             bind_ms: 40.0,
@@ -154,6 +162,9 @@ impl WorkerSettings {
         }
         if !(0.0..1.0).contains(&self.checkpoint_every) {
             return bad("checkpoint_every must be in [0, 1)");
+        }
+        if !(self.checkpoint_min_s.is_finite() && self.checkpoint_min_s >= 0.0) {
+            return bad("checkpoint_min_s must be a number of seconds, 0 or more");
         }
         if self.heartbeat_ms == 0 || self.tick_ms == 0 {
             return bad("heartbeat_ms and tick_ms must be positive");

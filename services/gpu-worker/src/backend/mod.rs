@@ -42,6 +42,20 @@ pub struct RunUpdate {
     pub switch: Option<ModelSwitch>,
 }
 
+/// The fraction of a run between periodic checkpoints: `every` of it, but no more often than
+/// every `min_s` of run time; `None` when checkpoints are off or the run is too short for one.
+pub fn checkpoint_step(every: f64, min_s: f64, duration_s: f64) -> Option<f64> {
+    if every <= 0.0 {
+        return None;
+    }
+    let step = if duration_s > 0.0 {
+        every.max(min_s / duration_s)
+    } else {
+        every
+    };
+    (step < 1.0).then_some(step)
+}
+
 /// Why a backend refused a command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BackendError {
@@ -103,5 +117,26 @@ pub trait Backend: Send + std::fmt::Debug + 'static {
     /// node's CPU embedder.
     fn embedder(&self) -> Option<std::sync::Arc<dyn crate::embed::Embedder>> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_keep_their_fraction_but_not_more_often_than_the_minimum_interval() {
+        // An hour of training: every 10% (6 min) is rarer than once a minute.
+        assert_eq!(checkpoint_step(0.1, 60.0, 3600.0), Some(0.1));
+        // Ten minutes: once a minute, which is 10% here too.
+        assert_eq!(checkpoint_step(0.1, 60.0, 600.0), Some(0.1));
+        // Five minutes: once a minute is 20%.
+        assert_eq!(checkpoint_step(0.1, 60.0, 300.0), Some(0.2));
+        // A 2-second inference: none.
+        assert_eq!(checkpoint_step(0.1, 60.0, 2.0), None);
+        assert_eq!(checkpoint_step(0.1, 60.0, 60.0), None);
+        // Off, and no minimum.
+        assert_eq!(checkpoint_step(0.0, 60.0, 3600.0), None);
+        assert_eq!(checkpoint_step(0.1, 0.0, 2.0), Some(0.1));
     }
 }

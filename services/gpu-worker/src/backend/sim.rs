@@ -21,8 +21,10 @@ const EPS: f64 = 1e-9;
 pub struct SimConfig {
     /// Simulated seconds per real second.
     pub time_scale: f64,
-    /// Checkpoint every this fraction (0 disables).
+    /// Checkpoint every this fraction (0 disables)...
     pub checkpoint_every: f64,
+    /// ...but no more often than every this many simulated seconds.
+    pub checkpoint_min_s: f64,
     /// Models resident per GPU.
     pub vram_models: usize,
     /// Cold load per GiB on one GPU, simulated ms.
@@ -44,6 +46,7 @@ impl From<&WorkerSettings> for SimConfig {
         Self {
             time_scale: s.time_scale,
             checkpoint_every: s.checkpoint_every,
+            checkpoint_min_s: s.checkpoint_min_s.max(0.0),
             vram_models: s.vram_models.max(1),
             cold_load_ms_per_gib: s.cold_load_ms_per_gib.max(0.0),
             bind_ms: s.bind_ms.max(0.0),
@@ -357,7 +360,7 @@ impl Backend for SimBackend {
 
     fn poll(&mut self, now: Instant) -> Vec<RunUpdate> {
         let scale = self.cfg.time_scale;
-        let every = self.cfg.checkpoint_every;
+        let (every, min_s) = (self.cfg.checkpoint_every, self.cfg.checkpoint_min_s);
         let mut updates = Vec::new();
         let mut done = Vec::new();
         for (id, run) in &mut self.runs {
@@ -390,8 +393,8 @@ impl Backend for SimBackend {
                     switch: None,
                 });
                 done.push(*id);
-            } else if every > 0.0 {
-                let reached = ((p + EPS) / every).floor() * every;
+            } else if let Some(step) = super::checkpoint_step(every, min_s, run.duration_s) {
+                let reached = ((p + EPS) / step).floor() * step;
                 if reached > run.last_checkpoint + EPS {
                     run.last_checkpoint = reached;
                     updates.push(RunUpdate {
@@ -466,6 +469,7 @@ mod tests {
         SimConfig {
             time_scale: 10.0,
             checkpoint_every: 0.1,
+            checkpoint_min_s: 0.0,
             vram_models: 2,
             cold_load_ms_per_gib: 100.0,
             bind_ms: 40.0,

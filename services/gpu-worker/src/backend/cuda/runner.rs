@@ -428,6 +428,7 @@ pub struct CudaBackend<L: Lane = ThreadLane> {
     runs: BTreeMap<Uuid, Run>,
     time_scale: f64,
     checkpoint_every: f64,
+    checkpoint_min_s: f64,
 }
 
 impl CudaBackend<ThreadLane> {
@@ -460,6 +461,7 @@ impl<L: Lane> CudaBackend<L> {
             runs: BTreeMap::new(),
             time_scale: settings.time_scale,
             checkpoint_every: settings.checkpoint_every,
+            checkpoint_min_s: settings.checkpoint_min_s.max(0.0),
         }
     }
 
@@ -666,7 +668,11 @@ impl<L: Lane> Backend for CudaBackend<L> {
                 }
             }
         }
-        let (scale, every) = (self.time_scale, self.checkpoint_every);
+        let (scale, every, min_s) = (
+            self.time_scale,
+            self.checkpoint_every,
+            self.checkpoint_min_s,
+        );
         let mut updates = Vec::new();
         let mut done = Vec::new();
         let mut work_on = Vec::new();
@@ -715,8 +721,10 @@ impl<L: Lane> Backend for CudaBackend<L> {
                     switch: None,
                 });
                 done.push(*id);
-            } else if every > 0.0 {
-                let reached = ((p + EPS) / every).floor() * every;
+            } else if let Some(step) =
+                crate::backend::checkpoint_step(every, min_s, run.duration_s)
+            {
+                let reached = ((p + EPS) / step).floor() * step;
                 if reached > run.last_checkpoint + EPS {
                     run.last_checkpoint = reached;
                     updates.push(RunUpdate {
@@ -854,6 +862,7 @@ mod tests {
         let settings = WorkerSettings {
             time_scale: 1.0,
             checkpoint_every: 0.25,
+            checkpoint_min_s: 0.0,
             ..Default::default()
         };
         (
