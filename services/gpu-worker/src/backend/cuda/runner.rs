@@ -721,8 +721,7 @@ impl<L: Lane> Backend for CudaBackend<L> {
                     switch: None,
                 });
                 done.push(*id);
-            } else if let Some(step) =
-                crate::backend::checkpoint_step(every, min_s, run.duration_s)
+            } else if let Some(step) = crate::backend::checkpoint_step(every, min_s, run.duration_s)
             {
                 let reached = ((p + EPS) / step).floor() * step;
                 if reached > run.last_checkpoint + EPS {
