@@ -14,7 +14,8 @@
 #
 # Knobs (environment): HCP_RUN_WORKERS (16 workers x 8 GPUs), HCP_RUN_RATE (submissions/s, 5),
 # HCP_RUN_TIME_SCALE (simulated seconds per second for GPU jobs, 20), HCP_RUN_MARKET_SPEED
-# (600), HCP_RUN_FROM / HCP_RUN_TO (2023-08-24 .. 2023-08-30), HCP_RUN_SECONDS (until Ctrl-C).
+# (600), HCP_RUN_FROM / HCP_RUN_TO (2023-08-24 .. 2023-08-30), HCP_RUN_SECONDS (until Ctrl-C),
+# HCP_RUN_KEEP_DATA=1 (keep the previous run's database instead of starting empty).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -60,6 +61,15 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# Each run starts from an empty database: the in-memory broker starts empty too, and replaying
+# past prices into a database that already holds later ones (from an earlier run) would show a
+# frozen market. HCP_RUN_KEEP_DATA=1 keeps the previous run's data.
+if [[ "${HCP_RUN_KEEP_DATA:-0}" != "1" ]]; then
+  db="${HCP_DATABASE__URL##*/}"
+  echo "==> fresh database $db (HCP_RUN_KEEP_DATA=1 keeps the previous run's)"
+  psql "${HCP_DATABASE__URL%/*}/postgres" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"
+  psql "${HCP_DATABASE__URL%/*}/postgres" -qc "CREATE DATABASE \"$db\""
+fi
 "$bin/hcp" migrate
 for svc in hcp-resource-manager hcp-router hcp-optimizer hcp-gpu-worker hcp-gateway; do
   "$bin/$svc" >"$logs/$svc.log" 2>&1 &

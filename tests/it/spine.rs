@@ -716,3 +716,52 @@ async fn a_broker_offset_ahead_of_the_database_is_ignored_and_nothing_is_skipped
         board_state(&env, id).await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_market_line_shows_the_latest_value_of_each_deciding_series() {
+    let env = TestEnv::new().await;
+    assert_eq!(hcp_cli::app::market_status(&env.pool).await.unwrap(), None);
+    for (series, at, value, unit) in [
+        (
+            "ercot.dam.LZ_WEST",
+            "2023-08-24T00:00:00Z",
+            1189.85,
+            "usd_per_mwh",
+        ),
+        (
+            "ercot.dam.LZ_WEST",
+            "2023-08-24T17:00:00Z",
+            80.48,
+            "usd_per_mwh",
+        ),
+        (
+            "btc.hashprice",
+            "2023-08-24T00:00:00Z",
+            62.06,
+            "usd_per_ph_day",
+        ),
+        ("grid.load", "2023-08-24T18:00:00Z", 80000.0, "mw"),
+    ] {
+        sqlx::query(
+            "INSERT INTO market_prices (series, interval_start, value, unit) \
+             VALUES ($1, $2::timestamptz, $3, $4)",
+        )
+        .bind(series)
+        .bind(at)
+        .bind(value)
+        .bind(unit)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        hcp_cli::app::market_status(&env.pool)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(
+            "market: btc.hashprice 62.06 @ 2023-08-24T00:00:00Z, \
+             ercot.dam.LZ_WEST 80.48 @ 2023-08-24T17:00:00Z"
+        )
+    );
+}

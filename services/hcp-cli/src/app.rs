@@ -355,7 +355,7 @@ async fn report_status(pool: PgPool, every: Duration, token: tokio_util::sync::C
 }
 
 /// One site's live economics: measured power by use (telemetry) and the optimizer's latest
-/// decision (price, target, expected profit).
+/// decision (the price it decided at, target, expected profit).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SiteStatus {
     /// Site.
@@ -392,7 +392,7 @@ impl std::fmt::Display for SiteStatus {
         {
             write!(
                 f,
-                " | price ${price:.2}/MWh target {target:.1} MW expected profit ${profit:.0}/h"
+                " | decided at ${price:.2}/MWh: target {target:.1} MW expected profit ${profit:.0}/h"
             )?;
         }
         if self.gpu_batch_allowed == Some(false) {
@@ -445,6 +445,32 @@ pub async fn site_status(pool: &PgPool) -> Result<Vec<SiteStatus>, hcp_db::sqlx:
             },
         )
         .collect())
+}
+
+/// The latest published value of each market series that drives decisions: energy prices
+/// (`ercot.dam.*`, `ercot.rtm.*`) and the hashprice, as `series value @ interval start`, so a
+/// replay's progress shows even while the optimizer holds its decision.
+pub async fn market_status(pool: &PgPool) -> Result<Option<String>, hcp_db::sqlx::Error> {
+    let rows: Vec<(String, f64, time::OffsetDateTime)> = hcp_db::sqlx::query_as(
+        "SELECT DISTINCT ON (series) series, value, interval_start FROM market_prices \
+         WHERE series LIKE 'ercot.%' OR series = 'btc.hashprice' \
+         ORDER BY series, interval_start DESC",
+    )
+    .fetch_all(pool)
+    .await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let parts: Vec<String> = rows
+        .iter()
+        .map(|(series, value, at)| {
+            let at = at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            format!("{series} {value:.2} @ {at}")
+        })
+        .collect();
+    Ok(Some(format!("market: {}", parts.join(", "))))
 }
 
 /// Keeps a week of partitions ahead of now for every partitioned time-series table (a no-op on

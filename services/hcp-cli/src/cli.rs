@@ -207,6 +207,9 @@ pub async fn main() -> anyhow::Result<()> {
             let pool = hcp_db::connect(&settings.database).await?;
             let s = app::status(&pool).await?;
             out(&s.to_string())?;
+            if let Some(market) = app::market_status(&pool).await? {
+                out(&market)?;
+            }
             for site in app::site_status(&pool).await? {
                 out(&site.to_string())?;
             }
