@@ -23,6 +23,18 @@ pub fn serves(model: &str) -> bool {
     bare.eq_ignore_ascii_case(EMBEDDING_MODEL)
 }
 
+/// `Ok` when this worker can embed with `model`; otherwise the reason shown to the customer.
+pub fn check_model(model: &str) -> Result<(), String> {
+    if serves(model) {
+        Ok(())
+    } else {
+        Err(format!(
+            "model `{model}` has no inference implementation on this worker; \
+             embeddings are served by {EMBEDDING_MODEL}"
+        ))
+    }
+}
+
 /// Computes a request's embeddings.
 pub trait Embedder: Send + Sync + std::fmt::Debug + 'static {
     /// Embeds `texts` with `model`, in order, for a run on `gpu_ids`; an error is the reason
@@ -73,12 +85,7 @@ impl Embedder for CpuEmbedder {
         _gpu_ids: &[String],
         texts: &[String],
     ) -> Result<RunOutput, String> {
-        if !serves(model) {
-            return Err(format!(
-                "model `{model}` has no inference implementation on this worker; \
-                 embeddings are served by {EMBEDDING_MODEL}"
-            ));
-        }
+        check_model(model)?;
         let m = self.model()?;
         let started = Instant::now();
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();

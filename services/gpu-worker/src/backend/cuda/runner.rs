@@ -337,13 +337,7 @@ impl crate::embed::Embedder for LaneEmbedder {
         gpu_ids: &[String],
         texts: &[String],
     ) -> Result<hcp_events::payload::RunOutput, String> {
-        if !crate::embed::serves(model) {
-            return Err(format!(
-                "model `{model}` has no inference implementation on this worker; \
-                 embeddings are served by {}",
-                crate::embed::EMBEDDING_MODEL
-            ));
-        }
+        crate::embed::check_model(model)?;
         let (gpu, sink) = gpu_ids
             .iter()
             .find_map(|g| self.sinks.get(g).map(|s| (g, s)))
