@@ -392,6 +392,41 @@ async fn posted_texts_come_back_as_the_models_embeddings_and_failures_say_why() 
     let other = Api::tenant(&cluster, "globex", "pro").await;
     assert_eq!(other.get(&format!("/workloads/{id}/result")).await.0, 404);
 
+    // The same over Kafka: texts in a produced request come back from the result endpoint.
+    let request_id = Uuid::now_v7();
+    Producer::new(&env.kafka, "test-producer")
+        .unwrap()
+        .send(&OutgoingMessage {
+            topic: env.topic(Topic::WorkloadRequests),
+            key: request_id.to_string(),
+            payload: serde_json::to_vec(&json!({"request_id": request_id, "tenant_id": "acme",
+                "model": "all-MiniLM-L6-v2", "kind": "realtime_inference", "gpu_count": 1,
+                "duration_s": 1, "input": {"texts": [texts[1]]}}))
+            .unwrap(),
+            headers: vec![],
+        })
+        .await
+        .unwrap();
+    let mut from_kafka = None;
+    for _ in 0..300 {
+        let (_, list) = api.get("/workloads?limit=50").await;
+        from_kafka = list["items"].as_array().and_then(|xs| {
+            xs.iter()
+                .find(|x| x["request_id"] == request_id.to_string())
+                .and_then(|x| x["workload_id"].as_str())
+                .and_then(|s| s.parse::<Uuid>().ok())
+        });
+        if from_kafka.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let from_kafka = from_kafka.expect("the Kafka request never appeared");
+    assert!(api.wait_state(from_kafka, "completed", LONG).await);
+    let (status, kafka_result) = api.get(&format!("/workloads/{from_kafka}/result")).await;
+    assert_eq!(status, 200, "{kafka_result}");
+    assert_eq!(kafka_result["embeddings"][0], v["embeddings"][1]);
+
     // Not waiting: 202 with where the result will be; it is not there yet.
     let (status, location, accepted) = api
         .post_json("/embeddings", json!({"texts": ["later"], "wait_ms": 0}))
