@@ -200,6 +200,7 @@ impl Intake {
             self.commit_hint(&committed, CommitMode::Async);
         }
         self.commit_hint(&committed, CommitMode::Sync);
+        hcp_bus::close_consumer(self.consumer, CONSUMER, hcp_bus::close::CLOSE_TIMEOUT).await;
         tracing::info!(consumer = CONSUMER, "intake stopped");
         Ok(())
     }

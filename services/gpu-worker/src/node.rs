@@ -269,6 +269,7 @@ impl<B: Backend> WorkerNode<B> {
         if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(error = %e, "final command offset commit failed");
         }
+        hcp_bus::close_consumer(consumer, "gpu-worker", hcp_bus::close::CLOSE_TIMEOUT).await;
         tracing::info!("gpu worker stopped");
         Ok(())
     }

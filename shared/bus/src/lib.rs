@@ -5,10 +5,13 @@
 //! - [`admin::ensure_topics`]: idempotent topic creation at startup;
 //! - [`dead_letter`]: poison messages with the reason and the original bytes;
 //! - [`trace`]: trace context into and out of Kafka headers;
+//! - [`close::close_consumer`]: closes a consumer without letting a stuck librdkafka close hang
+//!   the shutdown;
 //! - with feature `postgres`, [`transactional`]: the outbox sink and the consumer that stores
 //!   its position in PostgreSQL in the same transaction as its effects.
 
 pub mod admin;
+pub mod close;
 pub mod dead_letter;
 pub mod metrics_names;
 pub mod producer;
@@ -17,6 +20,7 @@ pub mod trace;
 #[cfg(feature = "postgres")]
 pub mod transactional;
 
+pub use close::close_consumer;
 pub use producer::{OutgoingMessage, Producer};
 pub use settings::KafkaSettings;
 

@@ -269,7 +269,9 @@ impl<P: Projection> TransactionalConsumer<P> {
             self.commit_hint(&last_committed, CommitMode::Async);
         }
         self.commit_hint(&last_committed, CommitMode::Sync);
-        tracing::info!(consumer = self.name(), "consumer stopped");
+        let name = self.name().to_owned();
+        crate::close_consumer(self.consumer, &name, crate::close::CLOSE_TIMEOUT).await;
+        tracing::info!(consumer = %name, "consumer stopped");
         Ok(())
     }
 

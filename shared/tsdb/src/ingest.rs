@@ -219,6 +219,7 @@ impl Ingest {
             }
         }
         self.commit_hint(&committed, CommitMode::Sync);
+        hcp_bus::close_consumer(self.consumer, CONSUMER, hcp_bus::close::CLOSE_TIMEOUT).await;
         tracing::info!(consumer = CONSUMER, "telemetry ingest stopped");
     }
 

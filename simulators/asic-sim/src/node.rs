@@ -302,6 +302,7 @@ impl AsicSim {
         if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(error = %e, "final command offset commit failed");
         }
+        hcp_bus::close_consumer(consumer, "asic-sim", hcp_bus::close::CLOSE_TIMEOUT).await;
         let stats = RunStats {
             ticks: counters.ticks.load(Ordering::Relaxed),
             messages: counters.messages.load(Ordering::Relaxed),
