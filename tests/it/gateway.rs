@@ -940,8 +940,15 @@ async fn the_fleet_summary_counts_registered_allocated_and_lost_gpus() {
         .collect();
     assert_eq!(models, ["A100", "H100"]);
 
-    // The owner sees which of its workloads holds the GPU; another tenant does not.
+    // The owner sees which of its workloads holds the GPU; another tenant does not. Ownership
+    // comes from the workload board, a projection of its own, so it may trail the allocation
+    // by a moment (the id stays hidden until it is known whose it is).
+    let owned = wait_until(WAIT, POLL, || async {
+        w.get("/resources/w1", &owner).await.body["gpus"][0]["workload_id"] == json!(id)
+    })
+    .await;
     let mine = w.get("/resources/w1", &owner).await.body;
+    assert!(owned, "{mine}");
     assert_eq!(mine["gpus"][0]["state"], "allocated");
     assert_eq!(mine["gpus"][0]["workload_id"], json!(id));
     assert_eq!(mine["gpus"][1]["state"], "available");
