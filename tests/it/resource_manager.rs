@@ -56,6 +56,7 @@ fn rm_settings() -> RmSettings {
         sweep_interval_ms: 200,
         worker_timeout_ms: 30_000,
         restart_grace_ms: 30_000,
+        start_ack_timeout_ms: 300_000,
     }
 }
 
@@ -625,6 +626,70 @@ async fn proposals_applied_concurrently_in_separate_transactions_never_double_bo
         tx.commit().await.unwrap();
     }
     assert_eq!(global_log(&env).await.len(), log.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_command_delayed_past_the_restart_grace_is_not_requeued_so_nothing_runs_twice() {
+    init_tracing();
+    let env = TestEnv::new().await;
+    // No restart grace at all: under the old rule the second heartbeat omitting the run
+    // requeued it while its start command was still on its way (issue 10: 16% ran twice).
+    let overloaded = RmSettings {
+        restart_grace_ms: 0,
+        ..rm_settings()
+    };
+    let rm = ResourceManager::new(Topics::new(&env.kafka), overloaded.clone());
+    let apply = |e: Envelope, rm: ResourceManager| {
+        let pool = env.pool.clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            apply_once(&mut tx, &rm, &e).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    apply(heartbeat("wo", 8, vec![], 1), rm.clone()).await;
+    let id = Uuid::now_v7();
+    submit(&env, id, 2, 60).await;
+    let proposed = append_next(&env, id, proposal(id, "wo", &[0, 1], 1)).await;
+    apply(proposed, rm.clone()).await;
+    assert!(has_event(&env, id, |e| matches!(e, Event::WorkloadScheduled(_))).await);
+
+    // The worker has not received the start yet: its heartbeats keep omitting the run.
+    for seq in 2..6 {
+        apply(heartbeat("wo", 8, vec![], seq), rm.clone()).await;
+    }
+    assert!(
+        !has_event(&env, id, |e| matches!(e, Event::WorkloadRequeued(_))).await,
+        "an unacknowledged start was requeued"
+    );
+    let live = allocations(&env, id).await;
+    assert_eq!(live.len(), 2);
+    assert!(live.iter().all(|(_, released, _)| !released), "{live:?}");
+    assert_eq!(commands(&env, "wo", id).await.len(), 1, "one start, no second");
+
+    // A start that is never acknowledged within its own (much longer) timeout is taken as
+    // lost and requeued, with a reason that says so.
+    let lost = ResourceManager::new(
+        Topics::new(&env.kafka),
+        RmSettings {
+            start_ack_timeout_ms: 0,
+            ..overloaded
+        },
+    );
+    apply(heartbeat("wo", 8, vec![], 6), lost).await;
+    wait_event(&env, id, "requeued", |e| {
+        matches!(e, Event::WorkloadRequeued(_))
+    })
+    .await;
+    let events = workload_events(&env, id).await;
+    let Event::WorkloadRequeued(r) = &events.last().unwrap().payload else {
+        panic!()
+    };
+    assert!(r.reason.contains("never acknowledged the start"), "{}", r.reason);
+    assert!(allocations(&env, id)
+        .await
+        .iter()
+        .all(|(_, released, reason)| *released && reason.as_deref() == Some("start_lost")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

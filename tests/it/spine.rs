@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use hcp_bus::OutgoingMessage;
 use hcp_db::sqlx::{self, PgConnection};
-use hcp_db::{ApplyError, EventStore, ExpectedVersion, Projection, Publish, StoreError};
+use hcp_db::{
+    ApplyError, EventStore, ExpectedVersion, Projection, Publish, StoreError, StreamAppend,
+};
 use hcp_events::payload::*;
 use hcp_events::{headers, Envelope, Event, Topic};
 use hcp_readmodel::{MarketPrices, WorkloadBoard};
@@ -224,6 +226,123 @@ async fn a_concurrent_append_at_the_same_sequence_fails_with_a_conflict() {
         "{err:?}"
     );
     assert_eq!(store.read_stream(&stream).await.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_append_writes_many_streams_at_once_and_refuses_only_the_stale_ones() {
+    let env = TestEnv::new().await;
+    let store = EventStore::new(env.pool.clone());
+    let ids: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
+    let streams: Vec<String> = ids.iter().map(|id| format!("workload-{id}")).collect();
+    let lives: Vec<Vec<Envelope>> = ids.iter().map(|id| lifecycle(*id)).collect();
+    // Streams 1, 2 and 3 exist at version 1; stream 0 does not.
+    for i in 1..4 {
+        store
+            .append_and_commit(
+                &streams[i],
+                ExpectedVersion::NoStream,
+                &lives[i][..1],
+                &Publish::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let published = Publish::to(env.topic(Topic::Workloads));
+    let internal = Publish::default();
+    let appends = [
+        StreamAppend {
+            stream_id: &streams[0],
+            expected: ExpectedVersion::NoStream,
+            events: &lives[0][..2],
+            publish: &published,
+        },
+        StreamAppend {
+            stream_id: &streams[1],
+            expected: ExpectedVersion::Exact(1),
+            events: &lives[1][1..3],
+            publish: &published,
+        },
+        StreamAppend {
+            stream_id: &streams[2],
+            expected: ExpectedVersion::Exact(5),
+            events: &lives[2][1..2],
+            publish: &published,
+        },
+        StreamAppend {
+            stream_id: &streams[3],
+            expected: ExpectedVersion::NoStream,
+            events: &lives[3][1..2],
+            publish: &internal,
+        },
+    ];
+    let mut tx = env.pool.begin().await.unwrap();
+    let out = EventStore::append_batch(&mut tx, &appends).await.unwrap();
+    tx.commit().await.unwrap();
+
+    assert_eq!(out[0].as_ref().unwrap().new_version, 2);
+    assert_eq!(out[1].as_ref().unwrap().new_version, 3);
+    assert!(
+        matches!(out[2], Err(StoreError::ConcurrencyConflict { actual: 1, .. })),
+        "{:?}",
+        out[2]
+    );
+    assert!(
+        matches!(out[3], Err(StoreError::ConcurrencyConflict { actual: 1, .. })),
+        "{:?}",
+        out[3]
+    );
+    let seqs = |i: usize| {
+        let store = store.clone();
+        let stream = streams[i].clone();
+        async move {
+            store
+                .read_stream(&stream)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.envelope.sequence, r.envelope.event_id))
+                .collect::<Vec<_>>()
+        }
+    };
+    let ids_of = |v: &[Envelope]| v.iter().map(|e| e.event_id).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(0).await,
+        vec![(1, lives[0][0].event_id), (2, lives[0][1].event_id)]
+    );
+    assert_eq!(
+        seqs(1).await.into_iter().map(|x| x.1).collect::<Vec<_>>(),
+        ids_of(&lives[1][..3])
+    );
+    assert_eq!(seqs(2).await.len(), 1, "a refused append writes nothing");
+    assert_eq!(seqs(3).await.len(), 1);
+    for (i, v) in [(0, 2), (1, 3), (2, 1), (3, 1)] {
+        assert_eq!(store.stream_version(&streams[i]).await.unwrap(), v);
+    }
+    // Exactly the four published events wait in the outbox, in position order.
+    let outboxed: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT o.global_position, e.stream_id FROM outbox o \
+         JOIN events e USING (global_position) ORDER BY 1",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let order: Vec<&str> = outboxed.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(
+        order,
+        vec![&*streams[0], &*streams[0], &*streams[1], &*streams[1]]
+    );
+    let mut positions: Vec<i64> = out[0].as_ref().unwrap().positions.clone();
+    positions.extend(&out[1].as_ref().unwrap().positions);
+    assert_eq!(
+        outboxed.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        positions
+    );
+
+    // A stream named twice is a caller bug, refused before anything is written.
+    let twice = [appends[0], appends[0]];
+    let mut tx = env.pool.begin().await.unwrap();
+    let err = EventStore::append_batch(&mut tx, &twice).await.unwrap_err();
+    assert!(matches!(err, StoreError::InvalidAppend(_)), "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,8 +31,13 @@ pub struct RmSettings {
     pub sweep_interval_ms: u64,
     /// Silence after which a healthy worker is declared lost, ms.
     pub worker_timeout_ms: u64,
-    /// How long a worker's heartbeats may omit a run it holds before it is requeued, ms.
+    /// How long a worker's heartbeats may omit a run it has acknowledged (reported started)
+    /// before it is requeued, ms.
     pub restart_grace_ms: u64,
+    /// How long a start may go unacknowledged before it is taken as lost and requeued, ms.
+    /// Commands delayed by load stay on their way far longer than the restart grace; only a
+    /// start that never arrives should reach this.
+    pub start_ack_timeout_ms: u64,
 }
 
 impl Default for RmSettings {
@@ -41,6 +46,7 @@ impl Default for RmSettings {
             sweep_interval_ms: 1_000,
             worker_timeout_ms: 5_000,
             restart_grace_ms: 10_000,
+            start_ack_timeout_ms: 300_000,
         }
     }
 }
@@ -56,9 +62,12 @@ impl RmSettings {
         Duration::from_millis(self.worker_timeout_ms)
     }
 
-    /// The restart grace.
-    pub fn restart_grace(&self) -> Duration {
-        Duration::from_millis(self.restart_grace_ms)
+    /// The restart grace and the start acknowledgement timeout.
+    pub fn grace(&self) -> crate::domain::Grace {
+        crate::domain::Grace {
+            restart: Duration::from_millis(self.restart_grace_ms),
+            start_ack: Duration::from_millis(self.start_ack_timeout_ms),
+        }
     }
 }
 
@@ -78,6 +87,7 @@ mod tests {
         assert_eq!(s.common.admin.port, 9103);
         assert_eq!(s.resource_manager.sweep_interval(), Duration::from_secs(1));
         assert_eq!(s.resource_manager.worker_timeout(), Duration::from_secs(5));
-        assert_eq!(s.resource_manager.restart_grace(), Duration::from_secs(10));
+        assert_eq!(s.resource_manager.grace().restart, Duration::from_secs(10));
+        assert_eq!(s.resource_manager.grace().start_ack, Duration::from_secs(300));
     }
 }

@@ -249,6 +249,8 @@ pub enum RequeueKind {
     WorkerLost,
     /// Its worker restarted and forgot it.
     WorkerRestarted,
+    /// Its worker never acknowledged the start command.
+    StartLost,
 }
 
 impl RequeueKind {
@@ -259,6 +261,7 @@ impl RequeueKind {
             Self::Stopped => "stopped",
             Self::WorkerLost => "worker_lost",
             Self::WorkerRestarted => "worker_restarted",
+            Self::StartLost => "start_lost",
         }
     }
 }
@@ -412,6 +415,9 @@ pub struct HeldRun {
     pub held_for: Duration,
     /// Time since heartbeats started omitting it (`None`: listed).
     pub missing_for: Option<Duration>,
+    /// Whether the worker has acknowledged the start (reported the run started). Until it
+    /// has, heartbeats that omit the run only mean the command has not reached it yet.
+    pub acknowledged: bool,
 }
 
 /// What a heartbeat's `running` list means against the allocations.
@@ -423,6 +429,9 @@ pub struct Reconciliation {
     pub clear_missing: Vec<Uuid>,
     /// Runs omitted past the grace: requeue (with how long they were missing).
     pub requeue: Vec<(Uuid, Duration)>,
+    /// Starts the worker has not acknowledged within the start timeout: requeue (with how
+    /// long they were held).
+    pub unacknowledged: Vec<(Uuid, Duration)>,
     /// Runs the worker has but holds no allocation for: stop them.
     pub zombies: Vec<Uuid>,
 }
@@ -430,14 +439,28 @@ pub struct Reconciliation {
 impl Reconciliation {
     /// Whether anything changes allocations or commands (needs the pool lock).
     pub fn needs_pool_lock(&self) -> bool {
-        !self.requeue.is_empty() || !self.zombies.is_empty()
+        !self.requeue.is_empty() || !self.unacknowledged.is_empty() || !self.zombies.is_empty()
     }
 }
 
-/// Compares what a worker holds with what it says it runs. A run omitted for longer than
-/// `grace` (counted from both the first omission and the allocation, so that a start still in
-/// flight is never mistaken for a forgotten run) is requeued.
-pub fn reconcile(held: &[HeldRun], running: &[Uuid], grace: Duration) -> Reconciliation {
+/// How long a worker may leave a run out of its heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grace {
+    /// An acknowledged run omitted this long (the worker restarted and forgot it) is requeued.
+    pub restart: Duration,
+    /// A start not acknowledged this long after the allocation is requeued (a command lost on
+    /// the way). Overload that delays commands must stay well inside it: a requeue while the
+    /// command is still on its way would run the work twice.
+    pub start_ack: Duration,
+}
+
+/// Compares what a worker holds with what it says it runs. The restart grace only counts for
+/// runs the worker has acknowledged (reported started): before that, a heartbeat that omits
+/// the run means the start command has not reached the worker yet, however long the bus takes
+/// under load, so overload slows placement down but never runs work twice. An acknowledged
+/// run omitted for longer than `grace.restart` (from both the first omission and the
+/// allocation) is requeued; an unacknowledged one only after `grace.start_ack`.
+pub fn reconcile(held: &[HeldRun], running: &[Uuid], grace: Grace) -> Reconciliation {
     let running_set: HashSet<Uuid> = running.iter().copied().collect();
     let held_set: HashSet<Uuid> = held.iter().map(|h| h.workload_id).collect();
     let mut out = Reconciliation::default();
@@ -448,9 +471,20 @@ pub fn reconcile(held: &[HeldRun], running: &[Uuid], grace: Duration) -> Reconci
             }
             continue;
         }
+        if !h.acknowledged {
+            if h.held_for >= grace.start_ack {
+                out.unacknowledged.push((h.workload_id, h.held_for));
+            } else if h.missing_for.is_some() {
+                // A clock started before the start was acknowledged means nothing.
+                out.clear_missing.push(h.workload_id);
+            }
+            continue;
+        }
         match h.missing_for {
             None => out.mark_missing.push(h.workload_id),
-            Some(m) if m >= grace && h.held_for >= grace => out.requeue.push((h.workload_id, m)),
+            Some(m) if m >= grace.restart && h.held_for >= grace.restart => {
+                out.requeue.push((h.workload_id, m))
+            }
             Some(_) => {}
         }
     }
@@ -767,7 +801,10 @@ mod tests {
 
     #[test]
     fn a_run_omitted_past_the_grace_is_requeued_and_one_just_started_is_not() {
-        let grace = Duration::from_secs(10);
+        let grace = Grace {
+            restart: Duration::from_secs(10),
+            start_ack: Duration::from_secs(300),
+        };
         let [a, b, c, d, z] = [1, 2, 3, 4, 5].map(Uuid::from_u128);
         let held = [
             // Listed: nothing to do.
@@ -775,24 +812,28 @@ mod tests {
                 workload_id: a,
                 held_for: Duration::from_secs(60),
                 missing_for: None,
+                acknowledged: true,
             },
             // Omitted for the first time: start the clock.
             HeldRun {
                 workload_id: b,
                 held_for: Duration::from_secs(60),
                 missing_for: None,
+                acknowledged: true,
             },
             // Omitted past the grace: requeue.
             HeldRun {
                 workload_id: c,
                 held_for: Duration::from_secs(60),
                 missing_for: Some(Duration::from_secs(11)),
+                acknowledged: true,
             },
             // Omitted long enough but allocated a moment ago: its start is in flight.
             HeldRun {
                 workload_id: d,
                 held_for: Duration::from_secs(1),
                 missing_for: Some(Duration::from_secs(11)),
+                acknowledged: true,
             },
         ];
         let r = reconcile(&held, &[a, z, z], grace);
@@ -806,12 +847,49 @@ mod tests {
                 workload_id: c,
                 held_for: Duration::from_secs(60),
                 missing_for: Some(Duration::from_secs(3)),
+                acknowledged: true,
             }],
             &[c],
             grace,
         );
         assert_eq!(back.clear_missing, vec![c]);
         assert!(!back.needs_pool_lock());
+    }
+
+    #[test]
+    fn a_start_still_on_its_way_is_never_requeued_however_long_the_heartbeats_omit_it() {
+        let grace = Grace {
+            restart: Duration::from_secs(10),
+            start_ack: Duration::from_secs(300),
+        };
+        let [slow, stale, lost] = [1, 2, 3].map(Uuid::from_u128);
+        let unacknowledged = |workload_id, held_s, missing_s: Option<u64>| HeldRun {
+            workload_id,
+            held_for: Duration::from_secs(held_s),
+            missing_for: missing_s.map(Duration::from_secs),
+            acknowledged: false,
+        };
+        // Given an overloaded bus: the start commands took minutes to reach the worker.
+        let held = [
+            unacknowledged(slow, 120, None),
+            unacknowledged(stale, 200, Some(60)),
+            unacknowledged(lost, 301, None),
+        ];
+        // When its heartbeats omit all three.
+        let r = reconcile(&held, &[], grace);
+        // Then the two in flight are left alone (a stale clock is cleared), and only the start
+        // past the acknowledgement timeout is requeued.
+        assert!(r.requeue.is_empty(), "{:?}", r.requeue);
+        assert!(r.mark_missing.is_empty(), "{:?}", r.mark_missing);
+        assert_eq!(r.clear_missing, vec![stale]);
+        assert_eq!(r.unacknowledged, vec![(lost, Duration::from_secs(301))]);
+        assert!(r.needs_pool_lock());
+        // Once the worker acknowledges, the restart grace counts from the first omission.
+        let acked = HeldRun {
+            acknowledged: true,
+            ..unacknowledged(slow, 120, None)
+        };
+        assert_eq!(reconcile(&[acked], &[], grace).mark_missing, vec![slow]);
     }
 
     #[test]

@@ -471,7 +471,7 @@ impl ResourceManager {
         // Lock order everywhere: pool, then worker row. Whether this heartbeat will change
         // allocations (requeue a forgotten run, stop an unallocated one) is known from a
         // read-only look first.
-        let grace = self.settings.restart_grace();
+        let grace = self.settings.grace();
         let first_look = reconcile(&repo::held_runs(tx, &h.worker_id).await?, &h.running, grace);
         let locked = first_look.needs_pool_lock();
         if locked {
@@ -546,6 +546,22 @@ impl ResourceManager {
                 &self.topics,
                 *workload_id,
                 RequeueKind::WorkerRestarted,
+                &reason,
+                e.event_id,
+            )
+            .await?;
+        }
+        for (workload_id, held_for) in &rec.unacknowledged {
+            let reason = format!(
+                "worker {} never acknowledged the start in {:.0}s (command lost)",
+                h.worker_id,
+                held_for.as_secs_f64()
+            );
+            requeue_run(
+                tx,
+                &self.topics,
+                *workload_id,
+                RequeueKind::StartLost,
                 &reason,
                 e.event_id,
             )

@@ -285,13 +285,16 @@ pub async fn held_runs(
     conn: &mut PgConnection,
     worker_id: &str,
 ) -> Result<Vec<HeldRun>, sqlx::Error> {
-    let rows: Vec<(Uuid, f64, Option<f64>)> = sqlx::query_as(
+    // A run is acknowledged once the worker reported it started: the resource-manager then
+    // moved it past `scheduled`.
+    let rows: Vec<(Uuid, f64, Option<f64>, bool)> = sqlx::query_as(
         "SELECT a.workload_id, \
              EXTRACT(EPOCH FROM clock_timestamp() - min(a.allocated_at))::float8, \
-             EXTRACT(EPOCH FROM clock_timestamp() - r.missing_since)::float8 \
+             EXTRACT(EPOCH FROM clock_timestamp() - r.missing_since)::float8, \
+             COALESCE(r.state <> 'scheduled', true) \
          FROM rm_allocations a LEFT JOIN rm_runs r ON r.workload_id = a.workload_id \
          WHERE a.worker_id = $1 AND a.released_at IS NULL \
-         GROUP BY a.workload_id, r.missing_since ORDER BY a.workload_id",
+         GROUP BY a.workload_id, r.missing_since, r.state ORDER BY a.workload_id",
     )
     .bind(worker_id)
     .fetch_all(conn)
@@ -299,10 +302,11 @@ pub async fn held_runs(
     let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
     Ok(rows
         .into_iter()
-        .map(|(workload_id, held, missing)| HeldRun {
+        .map(|(workload_id, held, missing, acknowledged)| HeldRun {
             workload_id,
             held_for: secs(held),
             missing_for: missing.map(secs),
+            acknowledged,
         })
         .collect())
 }

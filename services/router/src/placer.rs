@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use hcp_db::sqlx::PgPool;
-use hcp_db::{EventStore, ExpectedVersion, Publish, StoreError};
+use hcp_db::{EventStore, ExpectedVersion, Publish, StoreError, StreamAppend};
 use hcp_domain::breaker::{Admission, Breaker, BreakerState};
 use hcp_domain::bucket::TokenBucket;
 use hcp_domain::placement::{
@@ -917,32 +917,54 @@ impl Placer {
 
     async fn append_chunk(&self, chunk: &[Append]) -> Result<Vec<Option<i64>>, StoreError> {
         let publish = self.publish();
-        let mut tx = self.pool.begin().await?;
-        let mut out = Vec::with_capacity(chunk.len());
-        for a in chunk {
-            let stream = workload_stream(a.workload_id);
-            let mut envelope = Envelope::new(stream.clone(), PRODUCER, a.event.clone());
-            envelope.correlation_id = a.correlation_id;
-            envelope.causation_id = Some(a.causation_id);
-            match EventStore::append(
-                &mut tx,
-                &stream,
-                ExpectedVersion::Exact(a.expected),
-                &[envelope],
-                &publish,
-            )
-            .await
-            {
-                Ok(o) => out.push(Some(o.new_version)),
-                Err(StoreError::ConcurrencyConflict { .. }) => {
-                    tracing::debug!(workload_id = %a.workload_id, "workload moved on; skipped");
-                    out.push(None);
-                }
-                Err(e) => return Err(e),
+        let streams: Vec<String> = chunk.iter().map(|a| workload_stream(a.workload_id)).collect();
+        let envelopes: Vec<[Envelope; 1]> = chunk
+            .iter()
+            .zip(&streams)
+            .map(|(a, stream)| {
+                let mut envelope = Envelope::new(stream.clone(), PRODUCER, a.event.clone());
+                envelope.correlation_id = a.correlation_id;
+                envelope.causation_id = Some(a.causation_id);
+                [envelope]
+            })
+            .collect();
+        // A stream may appear once per batch; a second decision for the same workload in one
+        // chunk is left for the next pass (its expected version will have moved on).
+        let mut seen = std::collections::HashSet::with_capacity(chunk.len());
+        let mut slots = Vec::with_capacity(chunk.len());
+        let mut appends: Vec<StreamAppend<'_>> = Vec::with_capacity(chunk.len());
+        for ((a, stream), events) in chunk.iter().zip(&streams).zip(&envelopes) {
+            if seen.insert(stream.as_str()) {
+                slots.push(Some(appends.len()));
+                appends.push(StreamAppend {
+                    stream_id: stream,
+                    expected: ExpectedVersion::Exact(a.expected),
+                    events,
+                    publish: &publish,
+                });
+            } else {
+                slots.push(None);
             }
         }
+        let mut tx = self.pool.begin().await?;
+        let mut results: Vec<Option<Result<_, _>>> = EventStore::append_batch(&mut tx, &appends)
+            .await?
+            .into_iter()
+            .map(Some)
+            .collect();
         tx.commit().await?;
-        Ok(out)
+        Ok(slots
+            .into_iter()
+            .zip(chunk)
+            .map(|(slot, a)| match slot.and_then(|i| results[i].take()) {
+                Some(Ok(o)) => Some(o.new_version),
+                Some(Err(e)) => {
+                    tracing::debug!(workload_id = %a.workload_id, error = %e, "workload moved on; skipped");
+                    None
+                }
+                None => None,
+            })
+            .collect())
     }
 }
 

@@ -58,6 +58,10 @@ pub struct RelaySettings {
     pub idle_poll: Duration,
     /// Wait after a failed pass.
     pub error_backoff: Duration,
+    /// How often a standby (another relay holds the lock) checks whether it should take
+    /// over. Standbys do not listen for notifications: waking every standby on every commit
+    /// only to find the lock taken cost three empty transactions per event.
+    pub standby_poll: Duration,
 }
 
 impl Default for RelaySettings {
@@ -66,6 +70,7 @@ impl Default for RelaySettings {
             batch_size: 1000,
             idle_poll: Duration::from_millis(200),
             error_backoff: Duration::from_millis(500),
+            standby_poll: Duration::from_secs(1),
         }
     }
 }
@@ -109,13 +114,18 @@ impl<S: OutboxSink> OutboxRelay<S> {
     /// outbox is empty or another relay holds the lock.
     #[tracing::instrument(skip_all, err)]
     pub async fn relay_once(&self) -> Result<usize, RelayError> {
+        Ok(self.pass().await?.unwrap_or(0))
+    }
+
+    /// One pass; `None` when another relay holds the lock.
+    async fn pass(&self) -> Result<Option<usize>, RelayError> {
         let mut tx = self.pool.begin().await?;
         let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
             .bind(RELAY_LOCK_KEY)
             .fetch_one(&mut *tx)
             .await?;
         if !leader {
-            return Ok(0);
+            return Ok(None);
         }
         let rows: Vec<(String, EventRow)> = sqlx::query_as::<_, OutboxRow>(&format!(
             "SELECT o.topic, {EVENT_COLUMNS} FROM outbox o \
@@ -130,7 +140,7 @@ impl<S: OutboxSink> OutboxRelay<S> {
         .collect();
         if rows.is_empty() {
             metrics::gauge!(m::OUTBOX_LAG).set(0.0);
-            return Ok(0);
+            return Ok(Some(0));
         }
         let mut batch = Vec::with_capacity(rows.len());
         for (topic, row) in rows {
@@ -167,7 +177,7 @@ impl<S: OutboxSink> OutboxRelay<S> {
             .await?;
         tx.commit().await?;
         metrics::counter!(m::OUTBOX_PUBLISHED).increment(batch.len() as u64);
-        Ok(batch.len())
+        Ok(Some(batch.len()))
     }
 
     /// Events still waiting.
@@ -177,32 +187,54 @@ impl<S: OutboxSink> OutboxRelay<S> {
             .await?)
     }
 
-    /// Relays until cancelled, woken by `NOTIFY hcp_outbox` or the idle poll.
+    /// Relays until cancelled. The active relay is woken by `NOTIFY hcp_outbox` or the idle
+    /// poll; a standby only listens once it holds the lock, and checks every `standby_poll`.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RelayError> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen("hcp_outbox").await?;
+        let mut listener: Option<PgListener> = None;
         let mut last_lag = Instant::now();
         tracing::info!("outbox relay started");
         while !shutdown.is_cancelled() {
-            match self.relay_once().await {
-                Ok(n) if n as i64 >= self.settings.batch_size => {
+            let outcome = match self.pass().await {
+                // Just took over: listen, then pass again at once, so that no commit made
+                // before the listener started goes unnoticed.
+                Ok(Some(_)) if listener.is_none() => match self.listen().await {
+                    Ok(l) => {
+                        tracing::info!("outbox relay active");
+                        listener = Some(l);
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+                other => other,
+            };
+            match outcome {
+                Ok(Some(n)) if n as i64 >= self.settings.batch_size => {
                     if last_lag.elapsed() > Duration::from_secs(1) {
                         last_lag = Instant::now();
                         if let Ok(lag) = self.lag().await {
                             metrics::gauge!(m::OUTBOX_LAG).set(lag as f64);
                         }
                     }
-                    continue;
                 }
-                Ok(_) => {
+                Ok(Some(_)) => {
+                    let Some(l) = listener.as_mut() else { continue };
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        n = listener.recv() => {
+                        n = l.recv() => {
                             if let Err(e) = n {
                                 tracing::warn!(error = %e, "outbox listener lost; reconnecting");
                             }
                         }
                         _ = tokio::time::sleep(self.settings.idle_poll) => {}
+                    }
+                }
+                Ok(None) => {
+                    if listener.take().is_some() {
+                        tracing::info!("outbox relay standing by (another relay is active)");
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(self.settings.standby_poll) => {}
                     }
                 }
                 Err(e) => {
@@ -216,6 +248,12 @@ impl<S: OutboxSink> OutboxRelay<S> {
         }
         tracing::info!("outbox relay stopped");
         Ok(())
+    }
+
+    async fn listen(&self) -> Result<PgListener, RelayError> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen("hcp_outbox").await?;
+        Ok(listener)
     }
 }
 

@@ -61,6 +61,81 @@ impl Publish {
     }
 }
 
+/// One stream's share of [`EventStore::append_batch`].
+#[derive(Debug, Clone, Copy)]
+pub struct StreamAppend<'a> {
+    /// The stream.
+    pub stream_id: &'a str,
+    /// What the caller believes about it.
+    pub expected: ExpectedVersion,
+    /// Its new events, in order.
+    pub events: &'a [Envelope],
+    /// Where they are published.
+    pub publish: &'a Publish,
+}
+
+/// The column arrays of a multi-stream event insert.
+#[derive(Default)]
+struct EventColumns<'a> {
+    ids: Vec<Uuid>,
+    streams: Vec<&'a str>,
+    seqs: Vec<i64>,
+    types: Vec<String>,
+    versions: Vec<i16>,
+    occurred: Vec<OffsetDateTime>,
+    correlations: Vec<Uuid>,
+    causations: Vec<Option<Uuid>>,
+    producers: Vec<&'a str>,
+    payloads: Vec<sqlx::types::Json<Box<RawValue>>>,
+    traceparents: Vec<Option<&'a str>>,
+    tracestates: Vec<Option<&'a str>>,
+}
+
+impl<'a> EventColumns<'a> {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            ids: Vec::with_capacity(n),
+            streams: Vec::with_capacity(n),
+            seqs: Vec::with_capacity(n),
+            types: Vec::with_capacity(n),
+            versions: Vec::with_capacity(n),
+            occurred: Vec::with_capacity(n),
+            correlations: Vec::with_capacity(n),
+            causations: Vec::with_capacity(n),
+            producers: Vec::with_capacity(n),
+            payloads: Vec::with_capacity(n),
+            traceparents: Vec::with_capacity(n),
+            tracestates: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(
+        &mut self,
+        e: &'a Envelope,
+        stream: &'a str,
+        seq: i64,
+        publish: &'a Publish,
+    ) -> Result<(), StoreError> {
+        let raw = e
+            .to_raw()
+            .map_err(|err| StoreError::InvalidAppend(err.to_string()))?;
+        self.ids.push(e.event_id);
+        self.streams.push(stream);
+        self.seqs.push(seq);
+        self.types.push(raw.event_type);
+        self.versions
+            .push(i16::try_from(e.schema_version).unwrap_or(i16::MAX));
+        self.occurred.push(e.occurred_at);
+        self.correlations.push(e.correlation_id);
+        self.causations.push(e.causation_id);
+        self.producers.push(&e.producer);
+        self.payloads.push(sqlx::types::Json(raw.payload));
+        self.traceparents.push(publish.traceparent.as_deref());
+        self.tracestates.push(publish.tracestate.as_deref());
+        Ok(())
+    }
+}
+
 /// The result of an append.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendOutcome {
@@ -300,6 +375,210 @@ impl EventStore {
             new_version,
             positions,
         })
+    }
+
+    /// Appends to many streams in one round of set-based statements inside the caller's
+    /// transaction: one `SELECT … FOR UPDATE` locks every existing stream row (in stream-id
+    /// order, so two batch appenders cannot deadlock), one `UPDATE` and one `INSERT` move the
+    /// versions, one `INSERT … FROM UNNEST` writes every event and one the outbox rows. Each
+    /// append keeps its own [`ExpectedVersion`]; an append whose check fails is left out and
+    /// reported as [`StoreError::ConcurrencyConflict`] in its slot, while the others go
+    /// through. Any other error fails the whole batch (roll the transaction back).
+    ///
+    /// A stream may appear only once per batch (merge its events into one [`StreamAppend`]).
+    #[tracing::instrument(skip_all, fields(streams = appends.len()), err)]
+    pub async fn append_batch(
+        tx: &mut PgConnection,
+        appends: &[StreamAppend<'_>],
+    ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+        let started = Instant::now();
+        let mut seen = std::collections::HashSet::with_capacity(appends.len());
+        for a in appends {
+            if a.events.is_empty() {
+                return Err(StoreError::InvalidAppend(format!(
+                    "nothing to append to `{}`",
+                    a.stream_id
+                )));
+            }
+            if !seen.insert(a.stream_id) {
+                return Err(StoreError::InvalidAppend(format!(
+                    "stream `{}` appears twice in one batch",
+                    a.stream_id
+                )));
+            }
+            if let Some(e) = a.events.iter().find(|e| e.stream_id != a.stream_id) {
+                return Err(StoreError::InvalidAppend(format!(
+                    "event {} belongs to stream `{}`, not `{}`",
+                    e.event_id, e.stream_id, a.stream_id
+                )));
+            }
+        }
+        if appends.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids: Vec<&str> = appends.iter().map(|a| a.stream_id).collect();
+        ids.sort_unstable();
+        let current: std::collections::HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+            "SELECT stream_id, version FROM streams WHERE stream_id = ANY($1) \
+             ORDER BY stream_id FOR UPDATE",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+
+        let mut results: Vec<Option<Result<AppendOutcome, StoreError>>> =
+            (0..appends.len()).map(|_| None).collect();
+        let conflict = |a: &StreamAppend<'_>, actual: i64| {
+            metrics::counter!(m::APPEND_CONFLICTS).increment(1);
+            StoreError::ConcurrencyConflict {
+                stream_id: a.stream_id.to_owned(),
+                expected: a.expected.to_string(),
+                actual,
+            }
+        };
+        // (slot, version before) of every append whose check passed.
+        let mut update: (Vec<&str>, Vec<i64>, Vec<usize>, Vec<i64>) = Default::default();
+        let mut create: (Vec<&str>, Vec<i64>, Vec<usize>) = Default::default();
+        for (slot, a) in appends.iter().enumerate() {
+            let existing = current.get(a.stream_id).copied();
+            let actual = existing.unwrap_or(0);
+            let ok = match a.expected {
+                ExpectedVersion::Any => true,
+                ExpectedVersion::NoStream => existing.is_none(),
+                ExpectedVersion::Exact(v) => v == actual,
+            };
+            if !ok {
+                results[slot] = Some(Err(conflict(a, actual)));
+                continue;
+            }
+            let new_version = actual + a.events.len() as i64;
+            if existing.is_some() {
+                update.0.push(a.stream_id);
+                update.1.push(new_version);
+                update.2.push(slot);
+                update.3.push(actual);
+            } else {
+                create.0.push(a.stream_id);
+                create.1.push(new_version);
+                create.2.push(slot);
+            }
+        }
+        // The rows are locked: every update lands.
+        if !update.0.is_empty() {
+            sqlx::query(
+                "UPDATE streams s SET version = u.v, updated_at = clock_timestamp() \
+                 FROM UNNEST($1::text[], $2::bigint[]) AS u(id, v) WHERE s.stream_id = u.id",
+            )
+            .bind(&update.0)
+            .bind(&update.1)
+            .execute(&mut *tx)
+            .await?;
+        }
+        // A stream created concurrently by another writer is not returned: a conflict.
+        let mut base: Vec<(usize, i64)> = update.2.iter().copied().zip(update.3).collect();
+        if !create.0.is_empty() {
+            let created: std::collections::HashSet<String> = sqlx::query_scalar(
+                "INSERT INTO streams (stream_id, version) \
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[]) ON CONFLICT DO NOTHING \
+                 RETURNING stream_id",
+            )
+            .bind(&create.0)
+            .bind(&create.1)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+            for (id, slot) in create.0.iter().zip(&create.2) {
+                if created.contains(*id) {
+                    base.push((*slot, 0));
+                } else {
+                    results[*slot] = Some(Err(conflict(&appends[*slot], 0)));
+                }
+            }
+        }
+        base.sort_unstable();
+
+        let total: usize = base.iter().map(|(s, _)| appends[*s].events.len()).sum();
+        let mut cols = EventColumns::with_capacity(total);
+        let mut topics: Vec<Option<&str>> = Vec::with_capacity(total);
+        for (slot, actual) in &base {
+            let a = &appends[*slot];
+            for (i, e) in (1_i64..).zip(a.events) {
+                cols.push(e, a.stream_id, actual + i, a.publish)?;
+                topics.push(a.publish.topic.as_deref());
+            }
+        }
+        let mut positions: std::collections::HashMap<Uuid, i64> = std::collections::HashMap::new();
+        if total > 0 {
+            let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+                "INSERT INTO events (event_id, stream_id, stream_sequence, event_type, \
+                     schema_version, occurred_at, correlation_id, causation_id, producer, payload, \
+                     traceparent, tracestate) \
+                 SELECT u.id, u.stream, u.seq, u.ty, u.ver, u.occ, u.corr, u.caus, u.prod, \
+                        u.payload, u.tp, u.ts \
+                 FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::smallint[], \
+                             $6::timestamptz[], $7::uuid[], $8::uuid[], $9::text[], $10::jsonb[], \
+                             $11::text[], $12::text[]) \
+                      WITH ORDINALITY AS u(id, stream, seq, ty, ver, occ, corr, caus, prod, \
+                                           payload, tp, ts, ord) \
+                 ORDER BY u.ord \
+                 RETURNING event_id, global_position",
+            )
+            .bind(&cols.ids)
+            .bind(&cols.streams)
+            .bind(&cols.seqs)
+            .bind(&cols.types)
+            .bind(&cols.versions)
+            .bind(&cols.occurred)
+            .bind(&cols.correlations)
+            .bind(&cols.causations)
+            .bind(&cols.producers)
+            .bind(&cols.payloads)
+            .bind(&cols.traceparents)
+            .bind(&cols.tracestates)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| translate_unique(e, "(batch)", ExpectedVersion::Any, 0))?;
+            positions = rows.into_iter().collect();
+            let mut outbox: (Vec<i64>, Vec<&str>) = Default::default();
+            for (id, topic) in cols.ids.iter().zip(&topics) {
+                if let (Some(topic), Some(p)) = (topic, positions.get(id)) {
+                    outbox.0.push(*p);
+                    outbox.1.push(topic);
+                }
+            }
+            if !outbox.0.is_empty() {
+                sqlx::query(
+                    "INSERT INTO outbox (global_position, topic) \
+                     SELECT * FROM UNNEST($1::bigint[], $2::text[])",
+                )
+                .bind(&outbox.0)
+                .bind(&outbox.1)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        for (slot, actual) in base {
+            let a = &appends[slot];
+            let mut ps: Vec<i64> = a
+                .events
+                .iter()
+                .filter_map(|e| positions.get(&e.event_id).copied())
+                .collect();
+            ps.sort_unstable();
+            results[slot] = Some(Ok(AppendOutcome {
+                new_version: actual + a.events.len() as i64,
+                positions: ps,
+            }));
+        }
+        metrics::counter!(m::EVENTS_APPENDED).increment(total as u64);
+        metrics::histogram!(m::EVENT_APPEND_DURATION).record(started.elapsed().as_secs_f64());
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(StoreError::InvalidAppend("unanswered".into()))))
+            .collect())
     }
 
     /// Appends in a transaction of its own and commits.
