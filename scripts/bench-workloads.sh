@@ -5,16 +5,23 @@
 #   - placements/s sustained (workload.scheduled events per second over the run),
 #   - submit→scheduled latency p50/p99 (from the event log's recorded_at),
 #   - REST submit and GET p50/p99 (client side, from the generator).
-# Knobs: HCP_BENCH_RATE (500), HCP_BENCH_SECONDS (30), HCP_BENCH_WORKERS (125).
+#   - CPU seconds per 1,000 placements, per process (gateway, router, resource-manager, the
+#     simulated workers, every PostgreSQL backend together, the broker), from /proc over the
+#     window from the first submission until the queue has drained.
+# Knobs: HCP_BENCH_RATE (500), HCP_BENCH_SECONDS (30), HCP_BENCH_WORKERS (125 workers x 8 GPUs),
+# HCP_BENCH_VIA (rest | kafka: requests produced to workload-requests by the generator),
+# HCP_BENCH_BIN (target/release: another build's binaries, to compare two trees on one stack).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 rate="${HCP_BENCH_RATE:-500}"
 seconds="${HCP_BENCH_SECONDS:-30}"
 workers="${HCP_BENCH_WORKERS:-125}"
+via="${HCP_BENCH_VIA:-rest}"
+bin="${HCP_BENCH_BIN:-target/release}"
 
 scripts/stack.sh up --profile test >/dev/null
-cargo build --release --locked --workspace --bins
+if [[ "$bin" == "target/release" ]]; then cargo build --release --locked --workspace --bins; fi
 eval "$(scripts/stack.sh env --profile test)"
 stamp="$(date +%s)"
 db="hcp_bench_$stamp"
@@ -41,10 +48,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-target/release/hcp migrate >/dev/null
+$bin/hcp migrate >/dev/null
 for svc in hcp-resource-manager hcp-router hcp-gpu-worker hcp-gateway; do
   # (the optimizer and the simulators are not part of this path)
-  target/release/$svc >"$logs/$svc.log" 2>&1 &
+  "$bin/$svc" >"$logs/$svc.log" 2>&1 &
   pids+=("$!")
 done
 gateway="http://127.0.0.1:$HCP_GATEWAY__PORT"
@@ -60,8 +67,41 @@ for _ in $(seq 1 300); do
 done
 echo "fleet: $n workers registered ($((n * 8)) GPUs); offering $rate/s for ${seconds}s" >&2
 
-summary="$(target/release/hcp-workload-gen --via rest --shape small --small-duration-s 2 \
-  --rate "$rate" --seconds "$seconds" --measure-gets --tenant-prefix bench --json \
+# CPU ticks (user + system) of a set of processes, from /proc.
+ticks() {
+  local t=0 pid f
+  for pid in "$@"; do
+    [[ -r /proc/$pid/stat ]] || continue
+    f="$(sed 's/^.*) //' "/proc/$pid/stat")"
+    t=$((t + $(awk '{print $12 + $13}' <<<"$f")))
+  done
+  echo "$t"
+}
+declare -A group
+group[gateway]="${pids[3]}"
+group[router]="${pids[1]}"
+group[resource-manager]="${pids[0]}"
+group[gpu-workers]="${pids[2]}"
+cpu_groups=(gateway router resource-manager gpu-workers postgres broker)
+snapshot() {
+  group[postgres]="$(pgrep -x postgres | tr '\n' ' ')"
+  group[broker]="$(pgrep -f 'nisshi broker' | tr '\n' ' ')"
+  local g
+  for g in "${cpu_groups[@]}"; do
+    # shellcheck disable=SC2086
+    echo "$g $(ticks ${group[$g]})"
+  done
+}
+declare -A cpu_before
+while read -r g t; do cpu_before[$g]="$t"; done < <(snapshot)
+extra=()
+if [[ "$via" == "kafka" ]]; then
+  extra=(--brokers "$HCP_KAFKA__BROKERS" --namespace "$HCP_KAFKA__NAMESPACE")
+else
+  extra=(--measure-gets)
+fi
+summary="$("$bin/hcp-workload-gen" --via "$via" --shape small --small-duration-s 2 \
+  --rate "$rate" --seconds "$seconds" --tenant-prefix bench --json "${extra[@]}" \
   --gateway "$gateway" --admin-key "$HCP_GATEWAY__ADMIN_KEY" --concurrency 128)"
 # Let the queue drain (placements continue after the last submission).
 for _ in $(seq 1 120); do
@@ -69,6 +109,10 @@ for _ in $(seq 1 120); do
   [[ "$q" == "0" ]] && break
   sleep 1
 done
+
+declare -A cpu_after
+while read -r g t; do cpu_after[$g]="$t"; done < <(snapshot)
+hz="$(getconf CLK_TCK)"
 
 read -r placements window p50 p99 < <(psql "$HCP_DATABASE__URL" -AtF ' ' -c "
   WITH s AS (
@@ -85,12 +129,22 @@ read -r placements window p50 p99 < <(psql "$HCP_DATABASE__URL" -AtF ' ' -c "
 json_get() { python3 -c "import json,sys; v=json.loads(sys.argv[1]); print(eval('v'+sys.argv[2]))" "$summary" "$1"; }
 accepted="$(json_get "['accepted']")"
 echo
-echo "## workload path (release, $((workers * 8)) simulated GPUs, REST at $rate/s offered for ${seconds}s)"
+echo "## workload path (release, $((workers * 8)) simulated GPUs, $via at $rate/s offered for ${seconds}s)"
 echo
 echo "| metric | value |"
 echo "|---|---|"
 echo "| accepted submissions | $accepted ($(json_get "['accepted_per_s']" | xargs printf '%.0f')/s; throttled $(json_get "['throttled']"), errors $(json_get "['errors']")) |"
 echo "| placements (submit → workload.scheduled) | $placements in ${window}s = $(awk "BEGIN{ if ($window > 0) printf \"%.0f\", $placements/$window; else print \"n/a\"}")/s |"
 echo "| submit → scheduled p50 / p99 | $p50 / $p99 ms |"
-echo "| REST submit p50 / p99 | $(json_get "['submit_ms']['p50']") / $(json_get "['submit_ms']['p99']") ms |"
-echo "| REST get p50 / p99 | $(json_get "['get_ms']['p50']") / $(json_get "['get_ms']['p99']") ms |"
+if [[ "$via" == "rest" ]]; then
+  echo "| REST submit p50 / p99 | $(json_get "['submit_ms']['p50']") / $(json_get "['submit_ms']['p99']") ms |"
+  echo "| REST get p50 / p99 | $(json_get "['get_ms']['p50']") / $(json_get "['get_ms']['p99']") ms |"
+fi
+cpu_row=""
+cpu_total=0
+for g in "${cpu_groups[@]}"; do
+  d=$((cpu_after[$g] - cpu_before[$g]))
+  cpu_total=$((cpu_total + d))
+  cpu_row+="$g $(awk "BEGIN{ if ($placements > 0) printf \"%.2f\", $d / $hz / $placements * 1000; else print \"n/a\"}"), "
+done
+echo "| CPU s per 1,000 placements (total $(awk "BEGIN{ if ($placements > 0) printf \"%.2f\", $cpu_total / $hz / $placements * 1000; else print \"n/a\"}")) | ${cpu_row%, } |"

@@ -175,6 +175,10 @@ shared_buffers = 256MB
 fsync = on
 synchronous_commit = on
 full_page_writes = on
+# Per-statement counts and times (pg_stat_statements, in Debian's postgresql-15): where the
+# database time goes, for profiling the benches.
+shared_preload_libraries = 'pg_stat_statements'
+pg_stat_statements.track = all
 EOF
     pg_owner_chown "$conf"
 }

@@ -1050,3 +1050,94 @@ async fn status_reports_the_queue_position_by_priority_then_age_and_an_eta() {
     assert_eq!(all["total"], 3);
     w.stop().await;
 }
+
+/// A small valid request of `tenant`.
+fn small_request(tenant: &str, duration_s: u32) -> hcp_events::WorkloadRequest {
+    hcp_events::WorkloadRequest {
+        request_id: Uuid::nil(),
+        tenant_id: tenant.into(),
+        kind: None,
+        model: "llama-3-8b".into(),
+        gpu_count: 1,
+        gpu_memory_gib: None,
+        gpu_type: None,
+        duration_s,
+        latency_target_ms: None,
+        interruptible: None,
+        deadline: None,
+        input: None,
+    }
+}
+
+// A current-thread runtime: every submission below is queued before the committer runs again,
+// so they meet in one group, deterministically.
+#[tokio::test]
+async fn concurrent_rest_submissions_are_committed_together_and_each_gets_its_own_answer() {
+    use hcp_events::payload::SubmissionSource;
+    use hcp_events::Tier;
+    use hcp_gateway::group::{GroupCommit, OwnedSubmission};
+    use hcp_gateway::submit::{self, SubmitError, Submitted};
+
+    let env = TestEnv::new().await;
+    let group = GroupCommit::start(env.pool.clone(), env.topic(Topic::Workloads), 256);
+    let owned = |duration_s: u32, key: Option<&str>| {
+        let request = small_request("acme", duration_s);
+        OwnedSubmission {
+            fingerprint: submit::fingerprint(&request),
+            request,
+            tier: Tier::Pro,
+            source: SubmissionSource::Rest,
+            idempotency_key: key.map(str::to_owned),
+        }
+    };
+    let mut batch: Vec<OwnedSubmission> = (0..30).map(|i| owned(60 + i, None)).collect();
+    // The same key twice for the same request: one workload, one replay.
+    batch.push(owned(600, Some("k-1")));
+    batch.push(owned(600, Some("k-1")));
+    // The same key for a different request: refused, and only that one.
+    batch.push(owned(601, Some("k-1")));
+    let tasks: Vec<_> = batch
+        .into_iter()
+        .map(|s| {
+            let group = group.clone();
+            tokio::spawn(async move { group.submit(s).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap());
+    }
+
+    let created: Vec<Uuid> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Ok(Submitted::Created(id)) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(created.len(), 31, "{outcomes:?}");
+    assert!(
+        matches!(outcomes[31], Ok(Submitted::Replayed(id)) if Some(&id) == created.last()),
+        "{:?}",
+        outcomes[31]
+    );
+    assert!(
+        matches!(outcomes[32], Err(SubmitError::KeyReused { .. })),
+        "{:?}",
+        outcomes[32]
+    );
+    // One event per new workload, all written by one transaction.
+    let (events, transactions): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT xmin::text) FROM events \
+         WHERE event_type = 'workload.submitted'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!((events, transactions), (31, 1));
+    let outboxed: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(outboxed, 31);
+}

@@ -57,6 +57,7 @@ fn rm_settings() -> RmSettings {
         worker_timeout_ms: 30_000,
         restart_grace_ms: 30_000,
         start_ack_timeout_ms: 300_000,
+        heartbeat_store_ms: 2_000,
     }
 }
 
@@ -629,6 +630,53 @@ async fn proposals_applied_concurrently_in_separate_transactions_never_double_bo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_that_repeats_the_last_stored_one_touches_no_table_until_the_refresh() {
+    init_tracing();
+    let env = TestEnv::new().await;
+    let rm = ResourceManager::new(
+        Topics::new(&env.kafka),
+        RmSettings {
+            heartbeat_store_ms: 60_000,
+            ..rm_settings()
+        },
+    );
+    let last_report = || async {
+        sqlx::query_scalar::<_, Option<Uuid>>(
+            "SELECT last_report_id FROM rm_workers WHERE worker_id = 'wm'",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+    };
+    let mut stored = Vec::new();
+    for (seq, running) in [
+        // Registers (not remembered: a registration is always confirmed by the next beat).
+        (1, vec![]),
+        // Stored and remembered.
+        (2, vec![]),
+        // A repeat: answered from memory.
+        (3, vec![]),
+        // A change (a run the worker holds without an allocation): stored, and stopped.
+        (4, vec![Uuid::from_u128(9)]),
+    ] {
+        let beat = heartbeat("wm", 8, running, seq);
+        let mut tx = env.pool.begin().await.unwrap();
+        apply_once(&mut tx, &rm, &beat).await.unwrap();
+        tx.commit().await.unwrap();
+        stored.push((beat.event_id, last_report().await));
+    }
+    assert_eq!(stored[0].1, Some(stored[0].0));
+    assert_eq!(stored[1].1, Some(stored[1].0));
+    assert_eq!(stored[2].1, Some(stored[1].0), "the repeat was written");
+    assert_eq!(stored[3].1, Some(stored[3].0), "the change was not written");
+    assert_eq!(
+        commands(&env, "wm", Uuid::from_u128(9)).await.len(),
+        1,
+        "the unallocated run was not stopped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_command_delayed_past_the_restart_grace_is_not_requeued_so_nothing_runs_twice() {
     init_tracing();
     let env = TestEnv::new().await;
@@ -636,6 +684,8 @@ async fn a_start_command_delayed_past_the_restart_grace_is_not_requeued_so_nothi
     // requeued it while its start command was still on its way (issue 10: 16% ran twice).
     let overloaded = RmSettings {
         restart_grace_ms: 0,
+        // Every heartbeat goes through the reconciliation.
+        heartbeat_store_ms: 0,
         ..rm_settings()
     };
     let rm = ResourceManager::new(Topics::new(&env.kafka), overloaded.clone());

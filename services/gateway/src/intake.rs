@@ -417,6 +417,7 @@ impl Intake {
                 ),
             }),
             Err(SubmitError::Store(e)) => Err(Transient(e.to_string())),
+            Err(e @ SubmitError::Unavailable(_)) => Err(Transient(e.to_string())),
             Err(SubmitError::Database(e)) => Err(e.into()),
         }
     }

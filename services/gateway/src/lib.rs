@@ -21,6 +21,7 @@
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod group;
 pub mod http;
 pub mod intake;
 pub mod metrics_names;

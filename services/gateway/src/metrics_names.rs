@@ -13,6 +13,9 @@ pub const INTAKE_DUPLICATES: &str = "hcp_gateway_intake_duplicates_total";
 /// Histogram: time to handle one intake batch in its transaction (seconds).
 pub const INTAKE_BATCH_DURATION: &str = "hcp_gateway_intake_batch_seconds";
 
+/// Histogram: REST submissions recorded together in one group-commit transaction.
+pub const GROUP_COMMIT_SIZE: &str = "hcp_gateway_group_commit_size";
+
 /// Registers descriptions (help text and units) with the global recorder.
 pub fn describe() {
     use metrics::{describe_counter, describe_histogram, Unit};
@@ -25,6 +28,11 @@ pub fn describe() {
         REQUEST_DURATION,
         Unit::Seconds,
         "Time to handle an HTTP request, by route template."
+    );
+    describe_histogram!(
+        GROUP_COMMIT_SIZE,
+        Unit::Count,
+        "REST submissions recorded together in one group-commit transaction."
     );
     describe_counter!(
         SUBMISSIONS,

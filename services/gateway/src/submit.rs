@@ -3,7 +3,7 @@
 //! stream `workload-<id>` (`ExpectedVersion::NoStream`), published to `workloads` with the
 //! current trace context. A replay of an accepted request appends nothing.
 
-use hcp_db::{EventStore, ExpectedVersion, Publish, StoreError};
+use hcp_db::{EventStore, ExpectedVersion, Publish, StoreError, StreamAppend};
 use hcp_events::payload::{SubmissionSource, WorkloadSubmitted};
 use hcp_events::{workload_stream, Envelope, Event, Tier, WorkloadRequest};
 use sqlx::PgConnection;
@@ -67,6 +67,10 @@ pub enum SubmitError {
     /// The database failed (transient: retry).
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// The group commit this submission rode in failed, and so did its retry alone
+    /// (transient: retry).
+    #[error("submission not recorded: {0}")]
+    Unavailable(String),
 }
 
 /// Wire value of a source (also the `source` metric label).
@@ -91,53 +95,89 @@ pub async fn submit(
     s: &Submission<'_>,
     workloads_topic: &str,
 ) -> Result<Submitted, SubmitError> {
-    let workload_id = Uuid::now_v7();
-    if let Some(key) = s.idempotency_key {
-        let claim = repo::claim_idempotency_key(
-            tx,
-            &s.request.tenant_id,
-            key,
-            workload_id,
-            &s.fingerprint,
-            source_str(s.source),
-        )
-        .await?;
-        if let KeyClaim::Existing {
-            workload_id,
-            request_hash,
-        } = claim
-        {
-            return if request_hash == s.fingerprint {
-                Ok(Submitted::Replayed(workload_id))
-            } else {
-                Err(SubmitError::KeyReused {
-                    key: key.to_owned(),
-                    workload_id,
-                })
-            };
-        }
-    }
-    let mut request = s.request.clone();
-    if request.request_id.is_nil() {
-        request.request_id = workload_id;
-    }
-    let event = Event::WorkloadSubmitted(WorkloadSubmitted::from_request(
-        workload_id,
-        &request,
-        s.tier,
-        s.source,
-    ));
-    let stream = workload_stream(workload_id);
-    let envelope = Envelope::new(stream.clone(), PRODUCER, event);
     let (traceparent, tracestate) = hcp_bus::trace::current_trace_headers();
-    EventStore::append(
-        tx,
-        &stream,
-        ExpectedVersion::NoStream,
-        &[envelope],
-        &Publish::to(workloads_topic).with_trace(traceparent, tracestate),
-    )
-    .await?;
-    tracing::info!(workload_id = %workload_id, "workload submitted");
-    Ok(Submitted::Created(workload_id))
+    let publish = Publish::to(workloads_topic).with_trace(traceparent, tracestate);
+    submit_batch(tx, &[(s.clone(), publish)])
+        .await?
+        .pop()
+        .unwrap_or_else(|| Err(SubmitError::Store(StoreError::InvalidAppend("no outcome".into()))))
+}
+
+/// Records many submissions inside `tx`: each claims its idempotency key, then one batched
+/// append ([`EventStore::append_batch`]) writes every new `workload.submitted`, each published
+/// with its own trace context. Each submission gets its own outcome (a reused key refuses only
+/// that one); an `Err` of the whole call leaves the transaction unusable: roll it back.
+pub async fn submit_batch(
+    tx: &mut PgConnection,
+    batch: &[(Submission<'_>, Publish)],
+) -> Result<Vec<Result<Submitted, SubmitError>>, SubmitError> {
+    let mut outcomes: Vec<Option<Result<Submitted, SubmitError>>> = Vec::with_capacity(batch.len());
+    // (slot, workload id, stream, envelope) of every new submission.
+    let mut fresh: Vec<(usize, Uuid, String, [Envelope; 1])> = Vec::with_capacity(batch.len());
+    for (slot, (s, _)) in batch.iter().enumerate() {
+        let workload_id = Uuid::now_v7();
+        if let Some(key) = s.idempotency_key {
+            let claim = repo::claim_idempotency_key(
+                tx,
+                &s.request.tenant_id,
+                key,
+                workload_id,
+                &s.fingerprint,
+                source_str(s.source),
+            )
+            .await?;
+            if let KeyClaim::Existing {
+                workload_id,
+                request_hash,
+            } = claim
+            {
+                outcomes.push(Some(if request_hash == s.fingerprint {
+                    Ok(Submitted::Replayed(workload_id))
+                } else {
+                    Err(SubmitError::KeyReused {
+                        key: key.to_owned(),
+                        workload_id,
+                    })
+                }));
+                continue;
+            }
+        }
+        let mut request = s.request.clone();
+        if request.request_id.is_nil() {
+            request.request_id = workload_id;
+        }
+        let event = Event::WorkloadSubmitted(WorkloadSubmitted::from_request(
+            workload_id,
+            &request,
+            s.tier,
+            s.source,
+        ));
+        let stream = workload_stream(workload_id);
+        let envelope = Envelope::new(stream.clone(), PRODUCER, event);
+        outcomes.push(None);
+        fresh.push((slot, workload_id, stream, [envelope]));
+    }
+    let appends: Vec<StreamAppend<'_>> = fresh
+        .iter()
+        .map(|(slot, _, stream, events)| StreamAppend {
+            stream_id: stream,
+            expected: ExpectedVersion::NoStream,
+            events,
+            publish: &batch[*slot].1,
+        })
+        .collect();
+    let appended = EventStore::append_batch(tx, &appends).await?;
+    for ((slot, workload_id, _, _), r) in fresh.iter().zip(appended) {
+        outcomes[*slot] = Some(match r {
+            Ok(_) => {
+                tracing::info!(workload_id = %workload_id, "workload submitted");
+                Ok(Submitted::Created(*workload_id))
+            }
+            Err(e) => Err(SubmitError::Store(e)),
+        });
+    }
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Err(SubmitError::Store(StoreError::InvalidAppend("no outcome".into())))))
+        .collect())
 }

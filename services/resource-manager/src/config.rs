@@ -38,6 +38,11 @@ pub struct RmSettings {
     /// Commands delayed by load stay on their way far longer than the restart grace; only a
     /// start that never arrives should reach this.
     pub start_ack_timeout_ms: u64,
+    /// A heartbeat that repeats the last stored one (same inventory, same runs, nothing
+    /// pending) within this long is not written: the worker's row, GPU samples and
+    /// `last_seen` are refreshed at most this often. Keep it well under `worker_timeout_ms`,
+    /// which is judged on the stored `last_seen`. 0 stores every heartbeat.
+    pub heartbeat_store_ms: u64,
 }
 
 impl Default for RmSettings {
@@ -47,6 +52,7 @@ impl Default for RmSettings {
             worker_timeout_ms: 5_000,
             restart_grace_ms: 10_000,
             start_ack_timeout_ms: 300_000,
+            heartbeat_store_ms: 2_000,
         }
     }
 }
@@ -60,6 +66,11 @@ impl RmSettings {
     /// The worker timeout.
     pub fn worker_timeout(&self) -> Duration {
         Duration::from_millis(self.worker_timeout_ms)
+    }
+
+    /// How often an unchanged heartbeat is stored.
+    pub fn heartbeat_store(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_store_ms)
     }
 
     /// The restart grace and the start acknowledgement timeout.

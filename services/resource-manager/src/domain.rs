@@ -434,9 +434,20 @@ pub struct Reconciliation {
     pub unacknowledged: Vec<(Uuid, Duration)>,
     /// Runs the worker has but holds no allocation for: stop them.
     pub zombies: Vec<Uuid>,
+    /// Acknowledged runs the heartbeat omits (their clock runs towards the grace).
+    pub omitted: usize,
 }
 
 impl Reconciliation {
+    /// Whether the worker and its allocations agree, but for starts still on their way: a
+    /// repeat of the same heartbeat can then change nothing until the next refresh.
+    pub fn settled(&self) -> bool {
+        self.omitted == 0
+            && self.requeue.is_empty()
+            && self.unacknowledged.is_empty()
+            && self.zombies.is_empty()
+    }
+
     /// Whether anything changes allocations or commands (needs the pool lock).
     pub fn needs_pool_lock(&self) -> bool {
         !self.requeue.is_empty() || !self.unacknowledged.is_empty() || !self.zombies.is_empty()
@@ -480,6 +491,7 @@ pub fn reconcile(held: &[HeldRun], running: &[Uuid], grace: Grace) -> Reconcilia
             }
             continue;
         }
+        out.omitted += 1;
         match h.missing_for {
             None => out.mark_missing.push(h.workload_id),
             Some(m) if m >= grace.restart && h.held_for >= grace.restart => {
@@ -854,6 +866,8 @@ mod tests {
         );
         assert_eq!(back.clear_missing, vec![c]);
         assert!(!back.needs_pool_lock());
+        assert!(back.settled());
+        assert!(!r.settled(), "b's clock runs");
     }
 
     #[test]
@@ -884,6 +898,9 @@ mod tests {
         assert_eq!(r.clear_missing, vec![stale]);
         assert_eq!(r.unacknowledged, vec![(lost, Duration::from_secs(301))]);
         assert!(r.needs_pool_lock());
+        assert!(!r.settled());
+        let in_flight = reconcile(&held[..2], &[], grace);
+        assert!(in_flight.settled(), "starts on their way leave nothing to do");
         // Once the worker acknowledges, the restart grace counts from the first omission.
         let acked = HeldRun {
             acknowledged: true,

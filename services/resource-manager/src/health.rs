@@ -3,6 +3,7 @@
 //! of its workloads requeued from its last checkpoint. The sweep also refreshes the gauges.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use hcp_db::sqlx::{self, PgPool};
 use hcp_db::{ApplyError, EventStore, ExpectedVersion};
@@ -14,7 +15,7 @@ use tracing::Instrument;
 use crate::config::RmSettings;
 use crate::domain::RequeueKind;
 use crate::metrics as m;
-use crate::projection::{publish, requeue_run, store_error, Topics, PRODUCER};
+use crate::projection::{publish, requeue_run, store_error, HeartbeatMemo, Topics, PRODUCER};
 use crate::repo;
 
 /// Why a sweep failed (it is retried at the next tick).
@@ -34,6 +35,7 @@ pub struct HealthSweep {
     pool: PgPool,
     topics: Topics,
     settings: RmSettings,
+    memo: Option<Arc<HeartbeatMemo>>,
 }
 
 impl HealthSweep {
@@ -43,7 +45,15 @@ impl HealthSweep {
             pool,
             topics,
             settings,
+            memo: None,
         }
+    }
+
+    /// Also asks the consumer of the same process: a worker whose repeated heartbeats were
+    /// answered from its memo (so its stored `last_seen` lags) is not silent.
+    pub fn hearing(mut self, memo: Arc<HeartbeatMemo>) -> Self {
+        self.memo = Some(memo);
+        self
     }
 
     /// Sweeps every interval until cancelled. For the first timeout after start nobody is
@@ -79,6 +89,13 @@ impl HealthSweep {
         let silent = repo::silent_workers(&mut *self.pool.acquire().await?, timeout).await?;
         let mut by_pool: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for w in silent {
+            if self
+                .memo
+                .as_ref()
+                .is_some_and(|m| m.heard_within(&w.worker_id, timeout))
+            {
+                continue;
+            }
             by_pool.entry(w.site).or_default().push(w.worker_id);
         }
         let mut lost = Vec::new();

@@ -32,11 +32,13 @@ pub fn start(settings: &Settings, ctx: &mut ServiceContext) -> anyhow::Result<()
     metrics::describe();
     let topics = Topics::new(ctx.kafka());
     let rm = &settings.resource_manager;
+    let projection = ResourceManager::new(topics.clone(), rm.clone());
+    let memo = projection.memo();
     ctx.spawn_consumer(
-        ResourceManager::new(topics.clone(), rm.clone()),
+        projection,
         &[Topic::Workloads, Topic::WorkerReports, Topic::Decisions],
     )?;
-    let sweep = HealthSweep::new(ctx.pool().clone(), topics, rm.clone());
+    let sweep = HealthSweep::new(ctx.pool().clone(), topics, rm.clone()).hearing(memo);
     let token = ctx.token();
     ctx.spawn("health sweep", sweep.run(token));
     Ok(())

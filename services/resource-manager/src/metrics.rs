@@ -18,6 +18,8 @@ pub const IGNORED_REPORTS: &str = "hcp_rm_ignored_reports_total";
 pub const UNANSWERABLE_PROPOSALS: &str = "hcp_rm_unanswerable_proposals_total";
 /// Stop commands sent for runs a worker holds without an allocation (counter).
 pub const ZOMBIE_STOPS: &str = "hcp_rm_zombie_stops_total";
+/// Heartbeats that repeated the last stored one and were not written (counter).
+pub const HEARTBEATS_UNCHANGED: &str = "hcp_rm_heartbeats_unchanged_total";
 /// Workers registered or re-registered (counter).
 pub const REGISTRATIONS: &str = "hcp_rm_registrations_total";
 /// Workers declared lost (counter).
@@ -44,6 +46,10 @@ pub fn describe() {
         "Proposals for workloads no longer queued"
     );
     describe_counter!(ZOMBIE_STOPS, "Stops sent for runs held without allocation");
+    describe_counter!(
+        HEARTBEATS_UNCHANGED,
+        "Heartbeats that repeated the last stored one and touched no table"
+    );
     describe_counter!(REGISTRATIONS, "Worker registrations");
     describe_counter!(WORKERS_LOST, "Workers declared lost");
     describe_histogram!(

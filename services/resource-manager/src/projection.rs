@@ -7,13 +7,17 @@
 //! many consumers run. Appends to workload streams go through the state machine with the exact
 //! expected version; on a conflict the stream is read again and the decision taken again.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use hcp_bus::KafkaSettings;
 use hcp_db::sqlx::{self, PgConnection};
 use hcp_db::store::read_stream_on;
 use hcp_db::{ApplyError, EventStore, ExpectedVersion, Projection, Publish, StoreError};
 use hcp_domain::WorkloadState;
 use hcp_events::payload::{
-    CommandAction, DeviceCommand, RunReported, WorkerHeartbeat, WorkerRegistered,
+    CommandAction, DeviceCommand, GpuSpec, RunReported, WorkerHeartbeat, WorkerRegistered,
     WorkloadPlacementProposed, WorkloadPlacementRejected, WorkloadRequeued, WorkloadScheduled,
 };
 use hcp_events::{
@@ -65,6 +69,92 @@ pub struct ResourceManager {
     name: String,
     topics: Topics,
     settings: RmSettings,
+    memo: Arc<HeartbeatMemo>,
+}
+
+/// What each worker's last stored heartbeat said. Workers beat once a second; most beats
+/// repeat the last one, and storing each cost seven statements (a 10,000-GPU fleet sends
+/// 1,250 a second). A repeat within `heartbeat_store_ms` of the last stored one, while its
+/// runs and allocations agree, is answered from here and touches no table.
+///
+/// The memo is a cache of what was written, never a source of truth: it may be ahead of the
+/// database when a transaction that recorded into it rolled back, which at worst delays one
+/// store by `heartbeat_store_ms` (kept well under the worker timeout); any change in the
+/// heartbeat, a restart, or a second instance sharing the worker takes the full path.
+#[derive(Debug, Default)]
+pub struct HeartbeatMemo {
+    workers: Mutex<HashMap<String, StoredBeat>>,
+    /// When each worker's last heartbeat was applied here, stored or not.
+    heard: Mutex<HashMap<String, Instant>>,
+}
+
+#[derive(Debug)]
+struct StoredBeat {
+    site: String,
+    backend: String,
+    gpus: Vec<GpuSpec>,
+    running: Vec<Uuid>,
+    stored_at: Instant,
+}
+
+impl HeartbeatMemo {
+    fn sorted(running: &[Uuid]) -> Vec<Uuid> {
+        let mut r = running.to_vec();
+        r.sort_unstable();
+        r.dedup();
+        r
+    }
+
+    /// Whether a heartbeat of `worker_id` was applied here within `within`: the health sweep
+    /// asks before it declares a worker lost whose stored `last_seen` is old.
+    pub fn heard_within(&self, worker_id: &str, within: Duration) -> bool {
+        self.heard
+            .lock()
+            .is_ok_and(|h| h.get(worker_id).is_some_and(|t| t.elapsed() < within))
+    }
+
+    /// Whether `h` repeats the last stored heartbeat of its worker within `every`.
+    fn repeats(&self, h: &WorkerHeartbeat, every: Duration) -> bool {
+        if let Ok(mut heard) = self.heard.lock() {
+            match heard.get_mut(&h.worker_id) {
+                Some(t) => *t = Instant::now(),
+                None => {
+                    heard.insert(h.worker_id.clone(), Instant::now());
+                }
+            }
+        }
+        let Ok(workers) = self.workers.lock() else {
+            return false;
+        };
+        workers.get(&h.worker_id).is_some_and(|s| {
+            s.stored_at.elapsed() < every
+                && s.site == h.site
+                && s.backend == h.backend
+                && s.gpus == h.gpus
+                && s.running == Self::sorted(&h.running)
+        })
+    }
+
+    /// Records a stored heartbeat; `settled` false forgets it (the next one is stored too).
+    fn record(&self, h: &WorkerHeartbeat, settled: bool) {
+        let Ok(mut workers) = self.workers.lock() else {
+            return;
+        };
+        if settled {
+            workers.insert(
+                h.worker_id.clone(),
+                StoredBeat {
+                    site: h.site.clone(),
+                    backend: h.backend.clone(),
+                    gpus: h.gpus.clone(),
+                    running: Self::sorted(&h.running),
+                    stored_at: Instant::now(),
+                },
+            );
+        } else {
+            workers.remove(&h.worker_id);
+        }
+    }
 }
 
 impl ResourceManager {
@@ -74,7 +164,13 @@ impl ResourceManager {
             name: "resource-manager".into(),
             topics,
             settings,
+            memo: Arc::default(),
         }
+    }
+
+    /// The heartbeat memo, shared with the health sweep of the same process.
+    pub fn memo(&self) -> Arc<HeartbeatMemo> {
+        self.memo.clone()
     }
 }
 
@@ -468,6 +564,10 @@ impl ResourceManager {
                 "a heartbeat without worker id or site".into(),
             ));
         }
+        if self.memo.repeats(h, self.settings.heartbeat_store()) {
+            metrics::counter!(m::HEARTBEATS_UNCHANGED).increment(1);
+            return Ok(());
+        }
         // Lock order everywhere: pool, then worker row. Whether this heartbeat will change
         // allocations (requeue a forgotten run, stop an unallocated one) is known from a
         // read-only look first.
@@ -583,6 +683,8 @@ impl ResourceManager {
             .await?;
             metrics::counter!(m::ZOMBIE_STOPS).increment(1);
         }
+        self.memo
+            .record(h, registration.is_none() && rec.settled() && rec.clear_missing.is_empty());
         Ok(())
     }
 

@@ -429,6 +429,39 @@ impl<P: Projection> TransactionalConsumer<P> {
                 .collect();
             claim_batch(&mut tx, self.name(), &claims).await?
         };
+        if !savepoints && self.projection.batches() {
+            // The whole batch in one call: the projection writes set-based.
+            let mut fresh: Vec<&Envelope> = Vec::with_capacity(todo.len());
+            for (_, envelope) in &todo {
+                let mark = marks.entry(envelope.stream_id.clone()).or_insert(0);
+                if envelope.sequence <= *mark {
+                    stats.duplicates += 1;
+                } else {
+                    *mark = envelope.sequence;
+                    fresh.push(envelope);
+                }
+            }
+            let span = tracing::info_span!(
+                "apply_batch",
+                consumer = self.name(),
+                events = fresh.len(),
+            );
+            // The batch continues the trace of its first event.
+            if let Some((msg, _)) = todo.first() {
+                crate::trace::set_parent(&span, crate::trace::context_from_headers(msg.headers()));
+            }
+            match self
+                .projection
+                .apply_batch(&mut tx, &fresh)
+                .instrument(span)
+                .await
+            {
+                Ok(()) => stats.applied += fresh.len() as u64,
+                Err(ApplyError::Poison(_)) => return Err(BatchError::Poison),
+                Err(e) => return Err(BatchError::Transient(e.to_string())),
+            }
+            todo.clear();
+        }
         for (msg, envelope) in &todo {
             let span = tracing::info_span!(
                 "apply",

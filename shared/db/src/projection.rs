@@ -38,6 +38,33 @@ pub trait Projection: Send + Sync {
         event: &'a Envelope,
     ) -> impl Future<Output = Result<(), ApplyError>> + Send + 'a;
 
+    /// Applies a whole batch of fresh events (each already claimed, in log order per stream)
+    /// inside the caller's transaction. The consumer calls it on its fast path, so that a
+    /// projection can write set-based (one statement per batch, not one per event). The
+    /// default applies them one by one.
+    ///
+    /// A [`ApplyError::Poison`] makes the consumer redo the batch event by event through
+    /// [`Projection::apply`], with a savepoint each, so only the poison event is
+    /// dead-lettered: the two must agree on what each event does.
+    fn apply_batch<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        events: &'a [&'a Envelope],
+    ) -> impl Future<Output = Result<(), ApplyError>> + Send + 'a {
+        async move {
+            for e in events {
+                self.apply(tx, e).await?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Whether [`Projection::apply_batch`] is overridden: the consumer then hands it the whole
+    /// batch under one span instead of one span per event.
+    fn batches(&self) -> bool {
+        false
+    }
+
     /// Deletes everything this projection wrote (before a rebuild).
     fn reset<'a>(
         &'a self,

@@ -10,6 +10,7 @@ pub mod resources;
 pub mod views;
 pub mod workloads;
 
+use crate::group::GroupCommit;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -37,6 +38,9 @@ pub struct AppState {
     inner: Arc<Inner>,
 }
 
+/// Most REST submissions one group-commit transaction records.
+const GROUP_COMMIT_MAX: usize = 256;
+
 #[derive(Debug)]
 struct Inner {
     pool: PgPool,
@@ -44,17 +48,20 @@ struct Inner {
     workloads_topic: String,
     admin_key_hash: [u8; 32],
     limiter: RateLimiter,
+    /// REST submissions are committed in groups.
+    group: GroupCommit,
     /// The OpenAPI document, generated once and served as is.
     openapi: Bytes,
 }
 
 impl AppState {
     /// State over `pool`; events are published to `workloads_topic`. Only the admin key's hash
-    /// is kept.
+    /// is kept. Starts the group committer of REST submissions on the current runtime.
     pub fn new(pool: PgPool, workloads_topic: String, admin_key: &str, limits: TierLimits) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store: EventStore::new(pool.clone()),
+                group: GroupCommit::start(pool.clone(), workloads_topic.clone(), GROUP_COMMIT_MAX),
                 pool,
                 workloads_topic,
                 admin_key_hash: keys::hash(admin_key),
@@ -62,6 +69,11 @@ impl AppState {
                 openapi: Bytes::from(api::openapi().to_string()),
             }),
         }
+    }
+
+    /// The group committer of REST submissions.
+    pub fn group(&self) -> &GroupCommit {
+        &self.inner.group
     }
 
     /// The pool.

@@ -28,7 +28,8 @@ use crate::domain::eta::{self, EtaInputs};
 use crate::error::{ApiError, FieldProblem};
 use crate::metrics_names as m;
 use crate::repo::Tenant;
-use crate::submit::{self, Submission, SubmitError, Submitted, PRODUCER};
+use crate::group::OwnedSubmission;
+use crate::submit::{self, SubmitError, Submitted, PRODUCER};
 
 /// Header naming the client's idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -113,15 +114,14 @@ pub(crate) async fn accept(
         (None, Some(id)) => (Some(id.to_string()), "request_id"),
         (None, None) => (None, "Idempotency-Key"),
     };
-    let submission = Submission {
-        request,
+    let submission = OwnedSubmission {
+        request: request.clone(),
         tier: tenant.tier,
         source: SubmissionSource::Rest,
-        idempotency_key: key.as_deref(),
+        idempotency_key: key,
         fingerprint: submit::fingerprint(request),
     };
-    let mut tx = app.pool().begin().await?;
-    let outcome = submit::submit(&mut tx, &submission, app.workloads_topic()).await;
+    let outcome = app.group().submit(submission).await;
     let outcome = match outcome {
         Ok(o) => o,
         Err(SubmitError::KeyReused { key, workload_id }) => {
@@ -139,8 +139,8 @@ pub(crate) async fn accept(
         }
         Err(SubmitError::Store(e)) => return Err(e.into()),
         Err(SubmitError::Database(e)) => return Err(e.into()),
+        Err(e @ SubmitError::Unavailable(_)) => return Err(ApiError::Internal(e.into())),
     };
-    tx.commit().await?;
     let replayed = matches!(outcome, Submitted::Replayed(_));
     if !replayed {
         metrics::counter!(m::SUBMISSIONS, "source" => "rest").increment(1);
