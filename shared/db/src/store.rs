@@ -259,122 +259,72 @@ impl EventStore {
         }
         let count = i64::try_from(events.len())
             .map_err(|_| StoreError::InvalidAppend("too many events".into()))?;
-
-        // Lock (or create) the stream row; this is what serialises concurrent writers.
-        let current: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = $1 FOR UPDATE")
-                .bind(stream_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let actual = current.unwrap_or(0);
-        let ok = match expected {
-            ExpectedVersion::Any => true,
-            ExpectedVersion::NoStream => current.is_none(),
-            ExpectedVersion::Exact(v) => v == actual,
-        };
-        if !ok {
-            metrics::counter!(m::APPEND_CONFLICTS).increment(1);
-            return Err(StoreError::ConcurrencyConflict {
-                stream_id: stream_id.to_owned(),
-                expected: expected.to_string(),
-                actual,
-            });
-        }
-        let new_version = actual + count;
-        let updated = if current.is_some() {
-            sqlx::query("UPDATE streams SET version = $2, updated_at = clock_timestamp() WHERE stream_id = $1 AND version = $3")
-                .bind(stream_id)
-                .bind(new_version)
-                .bind(actual)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-        } else {
-            sqlx::query(
-                "INSERT INTO streams (stream_id, version) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            )
-            .bind(stream_id)
-            .bind(new_version)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-        };
-        if updated != 1 {
-            // A concurrent creator won the race for a new stream.
-            metrics::counter!(m::APPEND_CONFLICTS).increment(1);
-            return Err(StoreError::ConcurrencyConflict {
-                stream_id: stream_id.to_owned(),
-                expected: expected.to_string(),
-                actual,
-            });
-        }
-
-        let mut ids = Vec::with_capacity(events.len());
-        let mut seqs = Vec::with_capacity(events.len());
-        let mut types = Vec::with_capacity(events.len());
-        let mut versions = Vec::with_capacity(events.len());
-        let mut occurred = Vec::with_capacity(events.len());
-        let mut correlations = Vec::with_capacity(events.len());
-        let mut causations: Vec<Option<Uuid>> = Vec::with_capacity(events.len());
-        let mut producers = Vec::with_capacity(events.len());
-        let mut payloads = Vec::with_capacity(events.len());
+        let mut cols = EventColumns::with_capacity(events.len());
         for (i, e) in (1_i64..).zip(events) {
-            let raw = e
-                .to_raw()
-                .map_err(|err| StoreError::InvalidAppend(err.to_string()))?;
-            ids.push(e.event_id);
-            seqs.push(actual + i);
-            types.push(raw.event_type);
-            versions.push(i16::try_from(e.schema_version).unwrap_or(i16::MAX));
-            occurred.push(e.occurred_at);
-            correlations.push(e.correlation_id);
-            causations.push(e.causation_id);
-            producers.push(e.producer.clone());
-            payloads.push(sqlx::types::Json(raw.payload));
+            // The sequences are relative here; the statement adds the stream's version.
+            cols.push(e, stream_id, i, publish)?;
         }
-        let positions: Vec<i64> = sqlx::query_scalar(
-            "INSERT INTO events (event_id, stream_id, stream_sequence, event_type, schema_version, \
-                 occurred_at, correlation_id, causation_id, producer, payload, traceparent, tracestate) \
-             SELECT u.id, $2, u.seq, u.ty, u.ver, u.occ, u.corr, u.caus, u.prod, u.payload, $11, $12 \
-             FROM UNNEST($1::uuid[], $3::bigint[], $4::text[], $5::smallint[], $6::timestamptz[], \
-                         $7::uuid[], $8::uuid[], $9::text[], $10::jsonb[]) \
-                  WITH ORDINALITY AS u(id, seq, ty, ver, occ, corr, caus, prod, payload, ord) \
-             ORDER BY u.ord \
-             RETURNING global_position",
-        )
-        .bind(&ids)
-        .bind(stream_id)
-        .bind(&seqs)
-        .bind(&types)
-        .bind(&versions)
-        .bind(&occurred)
-        .bind(&correlations)
-        .bind(&causations)
-        .bind(&producers)
-        .bind(&payloads)
-        .bind(&publish.traceparent)
-        .bind(&publish.tracestate)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(|e| translate_unique(e, stream_id, expected, actual))?;
-        let mut positions = positions;
+        let conflict = |actual: i64| {
+            metrics::counter!(m::APPEND_CONFLICTS).increment(1);
+            StoreError::ConcurrencyConflict {
+                stream_id: stream_id.to_owned(),
+                expected: expected.to_string(),
+                actual,
+            }
+        };
+        // One round trip in the common case: the stream row is moved (which locks it and
+        // checks the version), the events and their outbox rows written, by one statement.
+        // A stream that does not exist yet is created by the second form.
+        let existing = match expected {
+            ExpectedVersion::NoStream => None,
+            ExpectedVersion::Any => Some(None),
+            ExpectedVersion::Exact(v) => Some(Some(v)),
+        };
+        let mut outcome = None;
+        if let Some(version) = existing {
+            outcome = append_statement(tx, &APPEND_EXISTING, &cols, count, version, publish)
+                .await
+                .map_err(|e| translate_unique(e, stream_id, expected, 0))?;
+        }
+        let may_create = matches!(
+            expected,
+            ExpectedVersion::NoStream | ExpectedVersion::Any | ExpectedVersion::Exact(0)
+        );
+        if outcome.is_none() && may_create {
+            outcome = append_statement(tx, &APPEND_NEW, &cols, count, None, publish)
+                .await
+                .map_err(|e| translate_unique(e, stream_id, expected, 0))?;
+        }
+        let Some((base, mut positions)) = outcome else {
+            // Refused: read the version only to say what it was.
+            let actual: Option<i64> =
+                sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = $1")
+                    .bind(stream_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            return Err(conflict(actual.unwrap_or(0)));
+        };
         positions.sort_unstable();
-
-        if let Some(topic) = &publish.topic {
-            sqlx::query(
-                "INSERT INTO outbox (global_position, topic) SELECT unnest($1::bigint[]), $2",
-            )
-            .bind(&positions)
-            .bind(topic)
-            .execute(&mut *tx)
-            .await?;
-        }
         metrics::counter!(m::EVENTS_APPENDED).increment(events.len() as u64);
         metrics::histogram!(m::EVENT_APPEND_DURATION).record(started.elapsed().as_secs_f64());
         Ok(AppendOutcome {
-            new_version,
+            new_version: base + count,
             positions,
         })
+    }
+
+    /// Appends in a transaction of its own and commits.
+    pub async fn append_and_commit(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: &[Envelope],
+        publish: &Publish,
+    ) -> Result<AppendOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let out = Self::append(&mut tx, stream_id, expected, events, publish).await?;
+        tx.commit().await?;
+        Ok(out)
     }
 
     /// Appends to many streams in one round of set-based statements inside the caller's
@@ -581,19 +531,6 @@ impl EventStore {
             .collect())
     }
 
-    /// Appends in a transaction of its own and commits.
-    pub async fn append_and_commit(
-        &self,
-        stream_id: &str,
-        expected: ExpectedVersion,
-        events: &[Envelope],
-        publish: &Publish,
-    ) -> Result<AppendOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let out = Self::append(&mut tx, stream_id, expected, events, publish).await?;
-        tx.commit().await?;
-        Ok(out)
-    }
 
     /// The stream's current version (0 when it does not exist).
     pub async fn stream_version(&self, stream_id: &str) -> Result<i64, StoreError> {
@@ -675,6 +612,77 @@ pub(crate) async fn read_all_on(
     .fetch_all(conn)
     .await?;
     rows.into_iter().map(EventRow::into_recorded).collect()
+}
+
+/// The tail shared by both append statements: the events, numbered after the stream's
+/// version as the head CTE `s` returns it (`base`), and their outbox rows.
+const APPEND_TAIL: &str = "\
+    e AS ( \
+        INSERT INTO events (event_id, stream_id, stream_sequence, event_type, schema_version, \
+            occurred_at, correlation_id, causation_id, producer, payload, traceparent, \
+            tracestate) \
+        SELECT u.id, u.stream, s.base + u.seq, u.ty, u.ver, u.occ, u.corr, u.caus, u.prod, \
+               u.payload, u.tp, u.ts \
+        FROM s, UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::smallint[], \
+                       $6::timestamptz[], $7::uuid[], $8::uuid[], $9::text[], $10::jsonb[], \
+                       $11::text[], $12::text[]) \
+             WITH ORDINALITY AS u(id, stream, seq, ty, ver, occ, corr, caus, prod, payload, \
+                                  tp, ts, ord) \
+        ORDER BY u.ord \
+        RETURNING global_position), \
+    o AS ( \
+        INSERT INTO outbox (global_position, topic) \
+        SELECT global_position, $15::text FROM e WHERE $15::text IS NOT NULL) \
+    SELECT s.base, ARRAY(SELECT global_position FROM e) FROM s";
+
+/// Append to an existing stream: the row is locked by the update, which only matches at the
+/// expected version (`$14`, NULL for any).
+static APPEND_EXISTING: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH s AS ( \
+             UPDATE streams SET version = version + $13, updated_at = clock_timestamp() \
+             WHERE stream_id = $2[1] AND ($14::bigint IS NULL OR version = $14) \
+             RETURNING version - $13 AS base), {APPEND_TAIL}"
+    )
+});
+
+/// Append that creates the stream; nothing when it exists (a concurrent creator included).
+static APPEND_NEW: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH s AS ( \
+             INSERT INTO streams (stream_id, version) VALUES ($2[1], $13) \
+             ON CONFLICT DO NOTHING RETURNING 0::bigint AS base), {APPEND_TAIL}"
+    )
+});
+
+/// Runs one of the append statements: `(version before, positions)`, or `None` when the
+/// stream row did not match.
+async fn append_statement(
+    tx: &mut PgConnection,
+    sql: &'static str,
+    cols: &EventColumns<'_>,
+    count: i64,
+    version: Option<i64>,
+    publish: &Publish,
+) -> Result<Option<(i64, Vec<i64>)>, sqlx::Error> {
+    sqlx::query_as(sql)
+        .bind(&cols.ids)
+        .bind(&cols.streams)
+        .bind(&cols.seqs)
+        .bind(&cols.types)
+        .bind(&cols.versions)
+        .bind(&cols.occurred)
+        .bind(&cols.correlations)
+        .bind(&cols.causations)
+        .bind(&cols.producers)
+        .bind(&cols.payloads)
+        .bind(&cols.traceparents)
+        .bind(&cols.tracestates)
+        .bind(count)
+        .bind(version)
+        .bind(&publish.topic)
+        .fetch_optional(tx)
+        .await
 }
 
 fn translate_unique(
