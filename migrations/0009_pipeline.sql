@@ -23,6 +23,6 @@ CREATE TRIGGER outbox_notify
     FOR EACH STATEMENT EXECUTE FUNCTION hcp_notify_outbox();
 
 -- A queue and a position table rewritten all the time: vacuum them by row count, not by a
--- fraction of a table that stays small (the relay also vacuums the outbox while busy).
+-- fraction of a table that stays small.
 ALTER TABLE outbox SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000);
 ALTER TABLE consumer_offsets SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000);

@@ -20,11 +20,6 @@ use crate::store::{EventRow, EVENT_COLUMNS};
 /// Advisory lock key held by the active relay ("hcp-outbox" in ASCII, truncated).
 const RELAY_LOCK_KEY: i64 = 0x6863_702d_6f75_7462;
 
-/// Deleted outbox rows after which the active relay vacuums the outbox ...
-const VACUUM_AFTER_ROWS: usize = 1_000;
-/// ... at most this often.
-const VACUUM_EVERY: Duration = Duration::from_secs(2);
-
 /// One event ready to publish.
 #[derive(Debug, Clone)]
 pub struct OutboxMessage {
@@ -132,17 +127,16 @@ impl<S: OutboxSink> OutboxRelay<S> {
         if !leader {
             return Ok(None);
         }
-        // The outbox rows first, then each event by its key (LATERAL): joined directly, the
-        // prepared statement's generic plan could hash-join the whole event log (2.4 ms a
-        // pass with ~80k events, and growing with the log).
-        let rows: Vec<(String, EventRow)> = sqlx::query_as::<_, OutboxRow>(&format!(
+        // The outbox rows first, then each event by its key (LATERAL), so the plan never
+        // joins against the whole event log. Sorted here, not in SQL: a sort of a thousand
+        // payloads spilled past work_mem to temporary files.
+        let mut rows: Vec<(String, EventRow)> = sqlx::query_as::<_, OutboxRow>(&format!(
             "WITH o AS ( \
                  SELECT global_position, topic FROM outbox \
                  ORDER BY global_position LIMIT $1 FOR UPDATE SKIP LOCKED) \
              SELECT o.topic, {EVENT_COLUMNS} FROM o \
              CROSS JOIN LATERAL (SELECT * FROM events x \
-                                 WHERE x.global_position = o.global_position) e \
-             ORDER BY o.global_position"
+                                 WHERE x.global_position = o.global_position) e"
         ))
         .bind(self.settings.batch_size)
         .fetch_all(&mut *tx)
@@ -150,6 +144,7 @@ impl<S: OutboxSink> OutboxRelay<S> {
         .into_iter()
         .map(|r| (r.topic, r.event))
         .collect();
+        rows.sort_unstable_by_key(|(_, e)| e.global_position);
         if rows.is_empty() {
             metrics::gauge!(m::OUTBOX_LAG).set(0.0);
             return Ok(Some(0));
@@ -204,8 +199,6 @@ impl<S: OutboxSink> OutboxRelay<S> {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RelayError> {
         let mut listener: Option<PgListener> = None;
         let mut last_lag = Instant::now();
-        let mut last_vacuum = Instant::now();
-        let mut deleted: usize = 0;
         tracing::info!("outbox relay started");
         while !shutdown.is_cancelled() {
             let outcome = match self.pass().await {
@@ -221,24 +214,6 @@ impl<S: OutboxSink> OutboxRelay<S> {
                 },
                 other => other,
             };
-            if let Ok(Some(n)) = outcome {
-                deleted += n;
-                // The outbox is a queue: every event is inserted and deleted within
-                // milliseconds. Autovacuum visits it at most once a minute, and meanwhile every
-                // pass walks the index over all the dead entries (2.4 ms a pass at 1,000
-                // events/s). The relay vacuums its own queue instead, every couple of seconds
-                // while busy: a small table, a few milliseconds.
-                if deleted >= VACUUM_AFTER_ROWS && last_vacuum.elapsed() >= VACUUM_EVERY {
-                    last_vacuum = Instant::now();
-                    deleted = 0;
-                    if let Err(e) = sqlx::query("VACUUM (SKIP_LOCKED) outbox")
-                        .execute(&self.pool)
-                        .await
-                    {
-                        tracing::debug!(error = %e, "outbox vacuum failed");
-                    }
-                }
-            }
             match outcome {
                 Ok(Some(n)) if n as i64 >= self.settings.batch_size => {
                     if last_lag.elapsed() > Duration::from_secs(1) {

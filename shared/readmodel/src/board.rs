@@ -4,6 +4,8 @@
 //! the in-memory fold ([`WorkloadRecord::from_stream`]) share, so a row read from the board and
 //! one folded from the event store agree.
 
+use std::collections::HashMap;
+
 use hcp_db::{ApplyError, Projection};
 use hcp_domain::{transition, InvalidTransition, WorkloadState};
 use hcp_events::payload::{WorkloadKind, WorkloadSubmitted};
@@ -465,12 +467,158 @@ impl Projection for WorkloadBoard {
         Err(ApplyError::Poison(reason))
     }
 
+    fn batches(&self) -> bool {
+        true
+    }
+
+    /// The batch, set-based: one `SELECT … FOR UPDATE` of every row it touches, the events
+    /// folded in memory by the same rules as [`WorkloadRecord::from_stream`], and one upsert
+    /// of every changed row. Any event [`Projection::apply`] would refuse makes it
+    /// [`ApplyError::Poison`], so the consumer redoes the batch event by event.
+    async fn apply_batch(
+        &self,
+        tx: &mut PgConnection,
+        events: &[&Envelope],
+    ) -> Result<(), ApplyError> {
+        let mut ids: Vec<Uuid> = events
+            .iter()
+            .filter_map(|e| e.payload.workload_id())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<WorkloadRecord> = sqlx::query_as(&format!(
+            "SELECT {RECORD_COLUMNS} FROM workload_board WHERE workload_id = ANY($1) \
+             ORDER BY workload_id FOR UPDATE"
+        ))
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut board: HashMap<Uuid, WorkloadRecord> =
+            rows.into_iter().map(|r| (r.workload_id, r)).collect();
+        let mut changed: Vec<Uuid> = Vec::new();
+        for e in events {
+            let Some(id) = e.payload.workload_id() else {
+                continue;
+            };
+            match &e.payload {
+                Event::WorkloadSubmitted(p) => {
+                    if board.contains_key(&id) {
+                        return Err(ApplyError::Poison(format!(
+                            "workload {id} was already submitted"
+                        )));
+                    }
+                    board.insert(id, WorkloadRecord::submitted(e, p));
+                }
+                p if !is_lifecycle(p) => continue,
+                p => {
+                    let Some(r) = board.get_mut(&id) else {
+                        return Err(ApplyError::Poison(format!(
+                            "{} for unknown workload {id}",
+                            e.event_type()
+                        )));
+                    };
+                    let from = WorkloadState::parse(&r.state).ok_or_else(|| {
+                        ApplyError::Poison(format!("workload {id} in unknown state {}", r.state))
+                    })?;
+                    let to = transition(Some(from), p)
+                        .map_err(|err| ApplyError::Poison(err.to_string()))?;
+                    r.apply_changes(e, to, Changes::of(e));
+                }
+            }
+            changed.push(id);
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        let rows: Vec<&WorkloadRecord> = changed.iter().filter_map(|id| board.get(id)).collect();
+        upsert_rows(tx, &rows).await?;
+        Ok(())
+    }
+
     async fn reset(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
         sqlx::query("DELETE FROM workload_board")
             .execute(tx)
             .await
             .map(|_| ())
     }
+}
+
+/// Writes whole rows, inserting new ones and replacing existing ones, in one statement.
+async fn upsert_rows(tx: &mut PgConnection, rows: &[&WorkloadRecord]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    macro_rules! col {
+        ($f:ident) => {
+            rows.iter().map(|r| r.$f.clone()).collect::<Vec<_>>()
+        };
+    }
+    // GPU lists vary in length, which a two-dimensional array cannot hold: JSON per row.
+    let gpu_ids: Vec<Option<sqlx::types::Json<&Vec<String>>>> = rows
+        .iter()
+        .map(|r| r.gpu_ids.as_ref().map(sqlx::types::Json))
+        .collect();
+    sqlx::query(&format!(
+        "INSERT INTO workload_board ({RECORD_COLUMNS}) \
+         SELECT u.workload_id, u.request_id, u.tenant_id, u.tier, u.kind, u.model, u.gpu_count, \
+                u.gpu_type, u.gpu_memory_gib, u.duration_s, u.latency_target_ms, \
+                u.interruptible, u.deadline, u.source, u.state, u.priority, u.worker_id, \
+                CASE WHEN u.gpu_ids IS NULL THEN NULL \
+                     ELSE ARRAY(SELECT jsonb_array_elements_text(u.gpu_ids)) END, \
+                u.progress, u.progress_at, u.reason, u.detail, u.events_seen, \
+                u.last_sequence, u.submitted_at, u.started_at, u.updated_at \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                     $7::int[], $8::text[], $9::int[], $10::int[], $11::int[], $12::bool[], \
+                     $13::timestamptz[], $14::text[], $15::text[], $16::smallint[], \
+                     $17::text[], $18::jsonb[], $19::float8[], $20::timestamptz[], \
+                     $21::text[], $22::text[], $23::int[], $24::bigint[], \
+                     $25::timestamptz[], $26::timestamptz[], $27::timestamptz[]) \
+              AS u(workload_id, request_id, tenant_id, tier, kind, model, gpu_count, \
+                   gpu_type, gpu_memory_gib, duration_s, latency_target_ms, interruptible, \
+                   deadline, source, state, priority, worker_id, gpu_ids, progress, \
+                   progress_at, reason, detail, events_seen, last_sequence, submitted_at, \
+                   started_at, updated_at) \
+         ON CONFLICT (workload_id) DO UPDATE SET \
+             kind = EXCLUDED.kind, state = EXCLUDED.state, priority = EXCLUDED.priority, \
+             interruptible = EXCLUDED.interruptible, worker_id = EXCLUDED.worker_id, \
+             gpu_ids = EXCLUDED.gpu_ids, progress = EXCLUDED.progress, \
+             progress_at = EXCLUDED.progress_at, reason = EXCLUDED.reason, \
+             detail = EXCLUDED.detail, events_seen = EXCLUDED.events_seen, \
+             last_sequence = EXCLUDED.last_sequence, started_at = EXCLUDED.started_at, \
+             updated_at = EXCLUDED.updated_at"
+    ))
+    .bind(col!(workload_id))
+    .bind(col!(request_id))
+    .bind(col!(tenant_id))
+    .bind(col!(tier))
+    .bind(col!(kind))
+    .bind(col!(model))
+    .bind(col!(gpu_count))
+    .bind(col!(gpu_type))
+    .bind(col!(gpu_memory_gib))
+    .bind(col!(duration_s))
+    .bind(col!(latency_target_ms))
+    .bind(col!(interruptible))
+    .bind(col!(deadline))
+    .bind(col!(source))
+    .bind(col!(state))
+    .bind(col!(priority))
+    .bind(col!(worker_id))
+    .bind(gpu_ids)
+    .bind(col!(progress))
+    .bind(col!(progress_at))
+    .bind(col!(reason))
+    .bind(col!(detail))
+    .bind(col!(events_seen))
+    .bind(col!(last_sequence))
+    .bind(col!(submitted_at))
+    .bind(col!(started_at))
+    .bind(col!(updated_at))
+    .execute(tx)
+    .await?;
+    Ok(())
 }
 
 /// One workload's row.
