@@ -22,7 +22,8 @@ CREATE TRIGGER outbox_notify
     REFERENCING NEW TABLE AS enqueued
     FOR EACH STATEMENT EXECUTE FUNCTION hcp_notify_outbox();
 
--- A queue and a position table rewritten all the time: vacuum them by row count, not by a
--- fraction of a table that stays small.
+-- A queue and position tables rewritten all the time: vacuum them by row count, not by a
+-- fraction of the table (dead versions of hot rows slow every lookup until vacuumed).
 ALTER TABLE outbox SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000);
 ALTER TABLE consumer_offsets SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000);
+ALTER TABLE consumer_stream_positions SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 1000);

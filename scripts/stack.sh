@@ -179,6 +179,9 @@ full_page_writes = on
 # database time goes, for profiling the benches.
 shared_preload_libraries = 'pg_stat_statements'
 pg_stat_statements.track = all
+# The outbox, the stream positions and the projections rewrite the same rows many times a
+# second; autovacuum's default one-minute nap let 40k dead row versions pile up under load.
+autovacuum_naptime = 5s
 EOF
     pg_owner_chown "$conf"
 }

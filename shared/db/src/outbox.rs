@@ -1,5 +1,5 @@
 //! The transactional outbox relay. Events enqueued in the appending transaction are read in
-//! global-position order with `FOR UPDATE SKIP LOCKED`, published, and deleted only after the
+//! global-position order, published, and deleted only after the
 //! broker acknowledged every one of them. A crash between publish and delete re-publishes the
 //! batch (at-least-once); consumers absorb the duplicates by stream sequence.
 //!
@@ -127,24 +127,40 @@ impl<S: OutboxSink> OutboxRelay<S> {
         if !leader {
             return Ok(None);
         }
-        // The outbox rows first, then each event by its key (LATERAL), so the plan never
-        // joins against the whole event log. Sorted here, not in SQL: a sort of a thousand
-        // payloads spilled past work_mem to temporary files.
-        let mut rows: Vec<(String, EventRow)> = sqlx::query_as::<_, OutboxRow>(&format!(
-            "WITH o AS ( \
-                 SELECT global_position, topic FROM outbox \
-                 ORDER BY global_position LIMIT $1 FOR UPDATE SKIP LOCKED) \
-             SELECT o.topic, {EVENT_COLUMNS} FROM o \
-             CROSS JOIN LATERAL (SELECT * FROM events x \
-                                 WHERE x.global_position = o.global_position) e"
-        ))
+        // The outbox rows first, then their events by key, in two statements. Written as one
+        // join (even a LATERAL one, which the planner flattens), the plan hashed the whole
+        // event log: 20-115 ms a pass once it held 40-70k events. No `FOR UPDATE SKIP
+        // LOCKED`: the advisory lock above already makes this pass the only reader.
+        let queued: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT global_position, topic FROM outbox ORDER BY global_position LIMIT $1",
+        )
         .bind(self.settings.batch_size)
         .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|r| (r.topic, r.event))
-        .collect();
-        rows.sort_unstable_by_key(|(_, e)| e.global_position);
+        .await?;
+        let positions: Vec<i64> = queued.iter().map(|(p, _)| *p).collect();
+        let mut events: std::collections::HashMap<i64, EventRow> = if positions.is_empty() {
+            Default::default()
+        } else {
+            sqlx::query_as::<_, EventRow>(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events e WHERE e.global_position = ANY($1)"
+            ))
+            .bind(&positions)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|e| (e.global_position, e))
+            .collect()
+        };
+        let mut rows: Vec<(String, EventRow)> = Vec::with_capacity(queued.len());
+        for (position, topic) in queued {
+            let Some(event) = events.remove(&position) else {
+                return Err(RelayError::Store(StoreError::Corrupt {
+                    position,
+                    reason: "an outbox row without its event".into(),
+                }));
+            };
+            rows.push((topic, event));
+        }
         if rows.is_empty() {
             metrics::gauge!(m::OUTBOX_LAG).set(0.0);
             return Ok(Some(0));
@@ -264,17 +280,3 @@ impl<S: OutboxSink> OutboxRelay<S> {
     }
 }
 
-struct OutboxRow {
-    topic: String,
-    event: EventRow,
-}
-
-impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for OutboxRow {
-    fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
-        use sqlx::Row;
-        Ok(Self {
-            topic: row.try_get("topic")?,
-            event: EventRow::from_row(row)?,
-        })
-    }
-}

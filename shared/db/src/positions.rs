@@ -133,9 +133,11 @@ pub async fn store_next_offset(
 /// The caller applies, in order, only events above that mark. Used by the consumer's fast path;
 /// [`claim_stream_sequence`] is the one-event form.
 ///
-/// The position rows are found with `stream_id = ANY($2)`, an index condition on the primary
-/// key in every plan: joined to the unnested input instead, the prepared statement's generic
-/// plan hashed the whole table (4.6 ms a batch once it held ~50k streams).
+/// The position rows are read without `FOR UPDATE`: the caller holds the lock of every
+/// partition the batch came from ([`lock_next_offset`]), and a stream lives on one partition
+/// (the key is the stream id), so no other transaction of this consumer can claim the same
+/// streams meanwhile; the upsert then locks what it writes. Locking them first as well cost a
+/// second tuple write per event (the statement averaged 32 ms for full 500-event batches).
 pub async fn claim_batch(
     conn: &mut PgConnection,
     consumer: &str,
@@ -150,8 +152,7 @@ pub async fn claim_batch(
              GROUP BY stream_id ORDER BY stream_id), \
          prev AS ( \
              SELECT p.stream_id, p.last_sequence FROM consumer_stream_positions p \
-             WHERE p.consumer = $1 AND p.stream_id = ANY($2::text[]) \
-             ORDER BY p.stream_id FOR UPDATE OF p), \
+             WHERE p.consumer = $1 AND p.stream_id = ANY($2::text[])), \
          up AS ( \
              INSERT INTO consumer_stream_positions AS p (consumer, stream_id, last_sequence) \
              SELECT $1, stream_id, max_seq FROM input \
