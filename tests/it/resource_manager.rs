@@ -715,7 +715,11 @@ async fn a_start_command_delayed_past_the_restart_grace_is_not_requeued_so_nothi
     let live = allocations(&env, id).await;
     assert_eq!(live.len(), 2);
     assert!(live.iter().all(|(_, released, _)| !released), "{live:?}");
-    assert_eq!(commands(&env, "wo", id).await.len(), 1, "one start, no second");
+    assert_eq!(
+        commands(&env, "wo", id).await.len(),
+        1,
+        "one start, no second"
+    );
 
     // A start that is never acknowledged within its own (much longer) timeout is taken as
     // lost and requeued, with a reason that says so.
@@ -735,7 +739,11 @@ async fn a_start_command_delayed_past_the_restart_grace_is_not_requeued_so_nothi
     let Event::WorkloadRequeued(r) = &events.last().unwrap().payload else {
         panic!()
     };
-    assert!(r.reason.contains("never acknowledged the start"), "{}", r.reason);
+    assert!(
+        r.reason.contains("never acknowledged the start"),
+        "{}",
+        r.reason
+    );
     assert!(allocations(&env, id)
         .await
         .iter()

@@ -282,12 +282,18 @@ async fn a_batch_append_writes_many_streams_at_once_and_refuses_only_the_stale_o
     assert_eq!(out[0].as_ref().unwrap().new_version, 2);
     assert_eq!(out[1].as_ref().unwrap().new_version, 3);
     assert!(
-        matches!(out[2], Err(StoreError::ConcurrencyConflict { actual: 1, .. })),
+        matches!(
+            out[2],
+            Err(StoreError::ConcurrencyConflict { actual: 1, .. })
+        ),
         "{:?}",
         out[2]
     );
     assert!(
-        matches!(out[3], Err(StoreError::ConcurrencyConflict { actual: 1, .. })),
+        matches!(
+            out[3],
+            Err(StoreError::ConcurrencyConflict { actual: 1, .. })
+        ),
         "{:?}",
         out[3]
     );

@@ -15,7 +15,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics_names as m;
-use crate::submit::{self, SubmitError, Submission, Submitted};
+use crate::submit::{self, Submission, SubmitError, Submitted};
 
 /// A validated submission that owns its parts (it crosses to the committer task).
 #[derive(Debug, Clone)]
@@ -123,9 +123,9 @@ async fn run(pool: PgPool, topic: String, max_batch: usize, mut rx: mpsc::Receiv
                 tracing::warn!(error = %e, size = jobs.len(), "group commit failed; retrying one by one");
                 for job in jobs.drain(..) {
                     let outcome = match commit(&pool, std::slice::from_ref(&job)).await {
-                        Ok(mut o) => o.pop().unwrap_or_else(|| {
-                            Err(SubmitError::Unavailable("no outcome".into()))
-                        }),
+                        Ok(mut o) => o
+                            .pop()
+                            .unwrap_or_else(|| Err(SubmitError::Unavailable("no outcome".into()))),
                         Err(e) => Err(e),
                     };
                     let _ = job.reply.send(outcome);

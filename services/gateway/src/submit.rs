@@ -100,7 +100,11 @@ pub async fn submit(
     submit_batch(tx, &[(s.clone(), publish)])
         .await?
         .pop()
-        .unwrap_or_else(|| Err(SubmitError::Store(StoreError::InvalidAppend("no outcome".into()))))
+        .unwrap_or_else(|| {
+            Err(SubmitError::Store(StoreError::InvalidAppend(
+                "no outcome".into(),
+            )))
+        })
 }
 
 /// Records many submissions inside `tx`: each claims its idempotency key, then one batched
@@ -178,6 +182,12 @@ pub async fn submit_batch(
     }
     Ok(outcomes
         .into_iter()
-        .map(|o| o.unwrap_or_else(|| Err(SubmitError::Store(StoreError::InvalidAppend("no outcome".into())))))
+        .map(|o| {
+            o.unwrap_or_else(|| {
+                Err(SubmitError::Store(StoreError::InvalidAppend(
+                    "no outcome".into(),
+                )))
+            })
+        })
         .collect())
 }

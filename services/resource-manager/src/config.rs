@@ -99,6 +99,9 @@ mod tests {
         assert_eq!(s.resource_manager.sweep_interval(), Duration::from_secs(1));
         assert_eq!(s.resource_manager.worker_timeout(), Duration::from_secs(5));
         assert_eq!(s.resource_manager.grace().restart, Duration::from_secs(10));
-        assert_eq!(s.resource_manager.grace().start_ack, Duration::from_secs(300));
+        assert_eq!(
+            s.resource_manager.grace().start_ack,
+            Duration::from_secs(300)
+        );
     }
 }

@@ -900,7 +900,10 @@ mod tests {
         assert!(r.needs_pool_lock());
         assert!(!r.settled());
         let in_flight = reconcile(&held[..2], &[], grace);
-        assert!(in_flight.settled(), "starts on their way leave nothing to do");
+        assert!(
+            in_flight.settled(),
+            "starts on their way leave nothing to do"
+        );
         // Once the worker acknowledges, the restart grace counts from the first omission.
         let acked = HeldRun {
             acknowledged: true,

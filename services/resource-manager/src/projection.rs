@@ -683,8 +683,10 @@ impl ResourceManager {
             .await?;
             metrics::counter!(m::ZOMBIE_STOPS).increment(1);
         }
-        self.memo
-            .record(h, registration.is_none() && rec.settled() && rec.clear_missing.is_empty());
+        self.memo.record(
+            h,
+            registration.is_none() && rec.settled() && rec.clear_missing.is_empty(),
+        );
         Ok(())
     }
 

@@ -917,7 +917,10 @@ impl Placer {
 
     async fn append_chunk(&self, chunk: &[Append]) -> Result<Vec<Option<i64>>, StoreError> {
         let publish = self.publish();
-        let streams: Vec<String> = chunk.iter().map(|a| workload_stream(a.workload_id)).collect();
+        let streams: Vec<String> = chunk
+            .iter()
+            .map(|a| workload_stream(a.workload_id))
+            .collect();
         let envelopes: Vec<[Envelope; 1]> = chunk
             .iter()
             .zip(&streams)

@@ -441,11 +441,8 @@ impl<P: Projection> TransactionalConsumer<P> {
                     fresh.push(envelope);
                 }
             }
-            let span = tracing::info_span!(
-                "apply_batch",
-                consumer = self.name(),
-                events = fresh.len(),
-            );
+            let span =
+                tracing::info_span!("apply_batch", consumer = self.name(), events = fresh.len(),);
             // The batch continues the trace of its first event.
             if let Some((msg, _)) = todo.first() {
                 crate::trace::set_parent(&span, crate::trace::context_from_headers(msg.headers()));

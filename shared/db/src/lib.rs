@@ -17,9 +17,7 @@ pub use error::StoreError;
 pub use outbox::{OutboxMessage, OutboxRelay, OutboxSink, RelaySettings};
 pub use pool::{connect, migrate, DatabaseSettings, MIGRATOR};
 pub use projection::{apply_once, rebuild, Applied, ApplyError, Projection};
-pub use store::{
-    AppendOutcome, EventStore, ExpectedVersion, Publish, RecordedEvent, StreamAppend,
-};
+pub use store::{AppendOutcome, EventStore, ExpectedVersion, Publish, RecordedEvent, StreamAppend};
 
 /// Re-exported so that dependants name one sqlx.
 pub use sqlx;

@@ -279,4 +279,3 @@ impl<S: OutboxSink> OutboxRelay<S> {
         Ok(listener)
     }
 }
-

@@ -531,7 +531,6 @@ impl EventStore {
             .collect())
     }
 
-
     /// The stream's current version (0 when it does not exist).
     pub async fn stream_version(&self, stream_id: &str) -> Result<i64, StoreError> {
         let v: Option<i64> = sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = $1")

@@ -26,9 +26,9 @@ use super::AppState;
 use crate::domain::cursor::Cursor;
 use crate::domain::eta::{self, EtaInputs};
 use crate::error::{ApiError, FieldProblem};
+use crate::group::OwnedSubmission;
 use crate::metrics_names as m;
 use crate::repo::Tenant;
-use crate::group::OwnedSubmission;
 use crate::submit::{self, SubmitError, Submitted, PRODUCER};
 
 /// Header naming the client's idempotency key.
