@@ -543,6 +543,23 @@ async fn conflicting_proposals_through_two_consumers_never_double_book_a_gpu() {
     relay.stop().await;
 }
 
+/// The workload's last event is `workload.requeued` with a reason containing `why`, and every
+/// allocation it had was released with `release_reason`.
+async fn assert_last_requeued(env: &TestEnv, id: Uuid, why: &str, release_reason: &str) {
+    let events = workload_events(env, id).await;
+    let Some(Event::WorkloadRequeued(r)) = events.last().map(|e| &e.payload) else {
+        panic!("the last event is not workload.requeued: {events:#?}")
+    };
+    assert!(r.reason.contains(why), "{}", r.reason);
+    let allocations = allocations(env, id).await;
+    assert!(
+        allocations
+            .iter()
+            .all(|(_, released, reason)| *released && reason.as_deref() == Some(release_reason)),
+        "{allocations:?}"
+    );
+}
+
 /// A heartbeat envelope as a worker would send it.
 fn heartbeat(worker: &str, gpus: u32, running: Vec<Uuid>, seq: i64) -> Envelope {
     let mut e = Envelope::new(
@@ -735,19 +752,7 @@ async fn a_start_command_delayed_past_the_restart_grace_is_not_requeued_so_nothi
         matches!(e, Event::WorkloadRequeued(_))
     })
     .await;
-    let events = workload_events(&env, id).await;
-    let Event::WorkloadRequeued(r) = &events.last().unwrap().payload else {
-        panic!()
-    };
-    assert!(
-        r.reason.contains("never acknowledged the start"),
-        "{}",
-        r.reason
-    );
-    assert!(allocations(&env, id)
-        .await
-        .iter()
-        .all(|(_, released, reason)| *released && reason.as_deref() == Some("start_lost")));
+    assert_last_requeued(&env, id, "never acknowledged the start", "start_lost").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -879,15 +884,7 @@ async fn a_restarted_worker_that_forgot_its_run_gets_it_requeued_after_the_grace
         matches!(e, Event::WorkloadRequeued(_))
     })
     .await;
-    let events = workload_events(&env, id).await;
-    let Event::WorkloadRequeued(r) = &events.last().unwrap().payload else {
-        panic!()
-    };
-    assert!(r.reason.starts_with("worker we restarted"), "{}", r.reason);
-    assert!(allocations(&env, id)
-        .await
-        .iter()
-        .all(|(_, released, reason)| *released && reason.as_deref() == Some("worker_restarted")));
+    assert_last_requeued(&env, id, "worker we restarted", "worker_restarted").await;
     assert_eq!(
         commands(&env, "we", id).await.len(),
         1,

@@ -109,6 +109,28 @@ impl<'a> EventColumns<'a> {
         }
     }
 
+    /// Binds the twelve arrays as `$1`-`$12`, in the order of the insert statements.
+    fn bind<'q, O>(
+        &'q self,
+        q: sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments>
+    where
+        'a: 'q,
+    {
+        q.bind(&self.ids)
+            .bind(&self.streams)
+            .bind(&self.seqs)
+            .bind(&self.types)
+            .bind(&self.versions)
+            .bind(&self.occurred)
+            .bind(&self.correlations)
+            .bind(&self.causations)
+            .bind(&self.producers)
+            .bind(&self.payloads)
+            .bind(&self.traceparents)
+            .bind(&self.tracestates)
+    }
+
     fn push(
         &mut self,
         e: &'a Envelope,
@@ -462,8 +484,9 @@ impl EventStore {
         }
         let mut positions: std::collections::HashMap<Uuid, i64> = std::collections::HashMap::new();
         if total > 0 {
-            let rows: Vec<(Uuid, i64)> = sqlx::query_as(
-                "INSERT INTO events (event_id, stream_id, stream_sequence, event_type, \
+            let rows: Vec<(Uuid, i64)> = cols
+                .bind(sqlx::query_as(
+                    "INSERT INTO events (event_id, stream_id, stream_sequence, event_type, \
                      schema_version, occurred_at, correlation_id, causation_id, producer, payload, \
                      traceparent, tracestate) \
                  SELECT u.id, u.stream, u.seq, u.ty, u.ver, u.occ, u.corr, u.caus, u.prod, \
@@ -475,22 +498,10 @@ impl EventStore {
                                            payload, tp, ts, ord) \
                  ORDER BY u.ord \
                  RETURNING event_id, global_position",
-            )
-            .bind(&cols.ids)
-            .bind(&cols.streams)
-            .bind(&cols.seqs)
-            .bind(&cols.types)
-            .bind(&cols.versions)
-            .bind(&cols.occurred)
-            .bind(&cols.correlations)
-            .bind(&cols.causations)
-            .bind(&cols.producers)
-            .bind(&cols.payloads)
-            .bind(&cols.traceparents)
-            .bind(&cols.tracestates)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(|e| translate_unique(e, "(batch)", ExpectedVersion::Any, 0))?;
+                ))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| translate_unique(e, "(batch)", ExpectedVersion::Any, 0))?;
             positions = rows.into_iter().collect();
             let mut outbox: (Vec<i64>, Vec<&str>) = Default::default();
             for (id, topic) in cols.ids.iter().zip(&topics) {
@@ -664,19 +675,7 @@ async fn append_statement(
     version: Option<i64>,
     publish: &Publish,
 ) -> Result<Option<(i64, Vec<i64>)>, sqlx::Error> {
-    sqlx::query_as(sql)
-        .bind(&cols.ids)
-        .bind(&cols.streams)
-        .bind(&cols.seqs)
-        .bind(&cols.types)
-        .bind(&cols.versions)
-        .bind(&cols.occurred)
-        .bind(&cols.correlations)
-        .bind(&cols.causations)
-        .bind(&cols.producers)
-        .bind(&cols.payloads)
-        .bind(&cols.traceparents)
-        .bind(&cols.tracestates)
+    cols.bind(sqlx::query_as(sql))
         .bind(count)
         .bind(version)
         .bind(&publish.topic)
