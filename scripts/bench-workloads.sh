@@ -49,11 +49,14 @@ cleanup() {
 trap cleanup EXIT
 
 $bin/hcp migrate >/dev/null
+declare -A group
 for svc in hcp-resource-manager hcp-router hcp-gpu-worker hcp-gateway; do
   # (the optimizer and the simulators are not part of this path)
   "$bin/$svc" >"$logs/$svc.log" 2>&1 &
   pids+=("$!")
+  group[${svc#hcp-}]="$!"
 done
+group[gpu-workers]="${group[gpu-worker]}"
 gateway="http://127.0.0.1:$HCP_GATEWAY__PORT"
 for _ in $(seq 1 300); do
   curl -fs "$gateway/api/v1/openapi.json" >/dev/null 2>&1 && break
@@ -77,11 +80,6 @@ ticks() {
   done
   echo "$t"
 }
-declare -A group
-group[gateway]="${pids[3]}"
-group[router]="${pids[1]}"
-group[resource-manager]="${pids[0]}"
-group[gpu-workers]="${pids[2]}"
 cpu_groups=(gateway router resource-manager gpu-workers postgres broker)
 snapshot() {
   group[postgres]="$(pgrep -x postgres | tr '\n' ' ')"

@@ -113,16 +113,20 @@ impl HeartbeatMemo {
             .is_ok_and(|h| h.get(worker_id).is_some_and(|t| t.elapsed() < within))
     }
 
-    /// Whether `h` repeats the last stored heartbeat of its worker within `every`.
-    fn repeats(&self, h: &WorkerHeartbeat, every: Duration) -> bool {
+    /// Notes that a heartbeat of `worker_id` was applied now, stored or not.
+    fn hear(&self, worker_id: &str) {
         if let Ok(mut heard) = self.heard.lock() {
-            match heard.get_mut(&h.worker_id) {
+            match heard.get_mut(worker_id) {
                 Some(t) => *t = Instant::now(),
                 None => {
-                    heard.insert(h.worker_id.clone(), Instant::now());
+                    heard.insert(worker_id.to_owned(), Instant::now());
                 }
             }
         }
+    }
+
+    /// Whether `h` repeats the last stored heartbeat of its worker within `every`.
+    fn repeats(&self, h: &WorkerHeartbeat, every: Duration) -> bool {
         let Ok(workers) = self.workers.lock() else {
             return false;
         };
@@ -564,6 +568,7 @@ impl ResourceManager {
                 "a heartbeat without worker id or site".into(),
             ));
         }
+        self.memo.hear(&h.worker_id);
         if self.memo.repeats(h, self.settings.heartbeat_store()) {
             metrics::counter!(m::HEARTBEATS_UNCHANGED).increment(1);
             return Ok(());

@@ -125,6 +125,7 @@ impl<S: OutboxSink> OutboxRelay<S> {
             .fetch_one(&mut *tx)
             .await?;
         if !leader {
+            tx.rollback().await?;
             return Ok(None);
         }
         // The outbox rows first, then their events by key, in two statements. Written as one
@@ -163,6 +164,10 @@ impl<S: OutboxSink> OutboxRelay<S> {
         }
         if rows.is_empty() {
             metrics::gauge!(m::OUTBOX_LAG).set(0.0);
+            // End the transaction now: a dropped one is rolled back lazily, when its pooled
+            // connection is next used, and until then it holds the advisory lock, so the next
+            // pass on another connection would find "another relay" active and stand by.
+            tx.rollback().await?;
             return Ok(Some(0));
         }
         let mut batch = Vec::with_capacity(rows.len());
