@@ -646,6 +646,219 @@ async fn proposals_applied_concurrently_in_separate_transactions_never_double_bo
     assert_eq!(global_log(&env).await.len(), log.len());
 }
 
+/// Submits `n` workloads of 2 GPUs and proposes each on a pair of neighbouring GPUs of a ring
+/// of 8 on `worker`. Returns the proposals in order.
+async fn ring_proposals(env: &TestEnv, worker: &str, n: u32) -> Vec<Envelope> {
+    let mut proposals = Vec::new();
+    for k in 0..n {
+        let id = Uuid::now_v7();
+        submit(env, id, 2, 10).await;
+        let first = k % 8;
+        proposals
+            .push(append_next(env, id, proposal(id, worker, &[first, (first + 1) % 8], 1)).await);
+    }
+    proposals
+}
+
+/// Applies `events` as one consumer batch, in one transaction.
+async fn apply_batch(env: &TestEnv, rm: &ResourceManager, events: &[Envelope]) {
+    let refs: Vec<&Envelope> = events.iter().collect();
+    let mut tx = env.pool.begin().await.unwrap();
+    rm.apply_batch(&mut tx, &refs).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_answered_as_one_batch_count_gpus_taken_earlier_in_the_batch_as_held() {
+    init_tracing();
+    let env = TestEnv::new().await;
+    let rm = ResourceManager::new(Topics::new(&env.kafka), rm_settings());
+    apply_batch(&env, &rm, &[heartbeat("wg", 8, vec![], 1)]).await;
+    let proposals = ring_proposals(&env, "wg", 24).await;
+    apply_batch(&env, &rm, &proposals).await;
+
+    let log = global_log(&env).await;
+    let placements = replay_allocations(&log);
+    let (n, rejections) = assert_one_answer_each(&log);
+    assert_eq!((n, placements + rejections), (24, 24));
+    // In batch order on a ring of 8: pairs 0-1, 2-3, 4-5, 6-7 win, every other one finds a
+    // GPU taken earlier in the same batch.
+    assert_eq!(placements, 4);
+    let live: Vec<(String, Uuid)> = sqlx::query_as(
+        "SELECT gpu_id, workload_id FROM rm_allocations WHERE released_at IS NULL ORDER BY gpu_id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let winners: Vec<Uuid> = proposals
+        .iter()
+        .step_by(2)
+        .take(4)
+        .map(|p| p.payload.workload_id().unwrap())
+        .collect();
+    let want: Vec<(String, Uuid)> = (0..8)
+        .map(|g| (gpu("wg", g), winners[g as usize / 2]))
+        .collect();
+    assert_eq!(live, want);
+    for id in &winners {
+        let starts = commands(&env, "wg", *id).await;
+        assert!(
+            matches!(starts.as_slice(), [CommandAction::Start { gpu_ids, .. }] if gpu_ids.len() == 2),
+            "{starts:?}"
+        );
+    }
+    let held_rejections = log
+        .iter()
+        .filter(|e| matches!(&e.payload, Event::WorkloadPlacementRejected(r) if r.reason.starts_with("gpu_held: ") && r.retryable))
+        .count();
+    assert_eq!(held_rejections, 20);
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_runs WHERE state = 'scheduled'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(runs, 4);
+
+    // The same batch delivered again answers nothing twice.
+    apply_batch(&env, &rm, &proposals).await;
+    assert_eq!(global_log(&env).await.len(), log.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposal_batches_applied_concurrently_never_double_book_a_gpu() {
+    init_tracing();
+    let env = TestEnv::new().await;
+    let rm = Arc::new(ResourceManager::new(Topics::new(&env.kafka), rm_settings()));
+    apply_batch(&env, &rm, &[heartbeat("wh", 8, vec![], 1)]).await;
+    let proposals = ring_proposals(&env, "wh", 24).await;
+    // Two consumers' batches, interleaved halves, each in its own transaction.
+    let halves: [Vec<Envelope>; 2] = [
+        proposals.iter().step_by(2).cloned().collect(),
+        proposals.iter().skip(1).step_by(2).cloned().collect(),
+    ];
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+    let tasks: Vec<_> = halves
+        .into_iter()
+        .map(|half| {
+            let (pool, rm, barrier) = (env.pool.clone(), rm.clone(), barrier.clone());
+            tokio::spawn(async move {
+                let refs: Vec<&Envelope> = half.iter().collect();
+                barrier.wait().await;
+                let mut tx = pool.begin().await.unwrap();
+                rm.apply_batch(&mut tx, &refs).await.unwrap();
+                tx.commit().await.unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let log = global_log(&env).await;
+    let placements = replay_allocations(&log);
+    let (n, rejections) = assert_one_answer_each(&log);
+    assert_eq!((n, placements + rejections), (24, 24));
+    // The first batch to take the pool's lock places four disjoint pairs (the even pairs
+    // 0-1, 2-3, 4-5, 6-7 or the odd ones 1-2, 3-4, 5-6, 7-0) and the second finds them held.
+    assert_eq!(placements, 4);
+    assert_eq!(overlapping_allocations(&env).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_run_reports_is_folded_in_order_and_releases_once() {
+    init_tracing();
+    let env = TestEnv::new().await;
+    let rm = ResourceManager::new(Topics::new(&env.kafka), rm_settings());
+    apply_batch(&env, &rm, &[heartbeat("wr", 8, vec![], 1)]).await;
+    // Two placements, each answered alone: `a` on GPUs 0-1, `b` on 2-3.
+    let mut placed = Vec::new();
+    for pair in [[0, 1], [2, 3]] {
+        let id = Uuid::now_v7();
+        submit(&env, id, 2, 10).await;
+        let p = append_next(&env, id, proposal(id, "wr", &pair, 1)).await;
+        apply_batch(&env, &rm, &[p]).await;
+        placed.push(id);
+    }
+    let (a, b) = (placed[0], placed[1]);
+
+    let report = |id: Uuid, status: RunStatus, progress: f64, seq: i64| {
+        let mut e = Envelope::new(
+            report_stream("wr"),
+            "test-worker",
+            Event::RunReported(RunReported {
+                workload_id: id,
+                worker_id: "wr".into(),
+                status,
+                progress,
+                runtime_s: 1.0,
+                detail: None,
+                switch: None,
+                output: None,
+            }),
+        );
+        e.sequence = seq;
+        e
+    };
+    // One batch: both start (one twice), one checkpoints and completes, the other checkpoints;
+    // a report after the completion finds nothing allocated.
+    let batch = vec![
+        report(a, RunStatus::Started, 0.0, 2),
+        report(b, RunStatus::Started, 0.0, 3),
+        report(a, RunStatus::Started, 0.0, 4),
+        report(a, RunStatus::Checkpointed, 0.5, 5),
+        report(b, RunStatus::Checkpointed, 0.25, 6),
+        report(a, RunStatus::Completed, 1.0, 7),
+        report(a, RunStatus::Checkpointed, 0.9, 8),
+    ];
+    apply_batch(&env, &rm, &batch).await;
+
+    let types = |events: Vec<Envelope>| -> Vec<&'static str> {
+        events.iter().map(|e| e.event_type().as_str()).collect()
+    };
+    assert_eq!(
+        types(workload_events(&env, a).await),
+        [
+            "workload.submitted",
+            "workload.queued",
+            "workload.placement_proposed",
+            "workload.scheduled",
+            "workload.started",
+            "workload.checkpointed",
+            "workload.completed"
+        ]
+    );
+    assert_eq!(
+        types(workload_events(&env, b).await)[4..],
+        ["workload.started", "workload.checkpointed"]
+    );
+    assert_eq!(
+        allocations(&env, a).await,
+        [
+            (gpu("wr", 0), true, Some("completed".to_owned())),
+            (gpu("wr", 1), true, Some("completed".to_owned()))
+        ]
+    );
+    assert!(allocations(&env, b)
+        .await
+        .iter()
+        .all(|(_, released, _)| !released));
+    let runs: Vec<(Uuid, String, f64)> = sqlx::query_as(
+        "SELECT workload_id, state, checkpoint_progress FROM rm_runs ORDER BY workload_id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let mut want = vec![
+        (a, "completed".to_owned(), 0.5),
+        (b, "running".to_owned(), 0.25),
+    ];
+    want.sort_by_key(|w| w.0);
+    assert_eq!(runs, want);
+
+    // Delivered again, the same reports change nothing.
+    let before = global_log(&env).await.len();
+    apply_batch(&env, &rm, &batch).await;
+    assert_eq!(global_log(&env).await.len(), before);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heartbeat_that_repeats_the_last_stored_one_touches_no_table_until_the_refresh() {
     init_tracing();

@@ -39,23 +39,29 @@ impl WorkloadView {
     ) -> Result<Self, InvalidTransition> {
         let mut v = Self::default();
         for e in events {
-            v.state = Some(transition(v.state, &e.payload)?);
-            v.version = e.sequence;
-            v.correlation_id.get_or_insert(e.correlation_id);
-            match &e.payload {
-                Event::WorkloadSubmitted(s) => v.submitted = Some(s.clone()),
-                Event::WorkloadCheckpointed(c) => v.last_checkpoint = c.progress,
-                Event::WorkloadRequeued(r) => v.last_checkpoint = r.resume_progress,
-                Event::WorkloadPlacementProposed(_) => v.latest_proposal = Some(e.event_id),
-                Event::WorkloadScheduled(_) | Event::WorkloadPlacementRejected(_) => {
-                    if let Some(c) = e.causation_id {
-                        v.answered.insert(c);
-                    }
-                }
-                _ => {}
-            }
+            v.push(e)?;
         }
         Ok(v)
+    }
+
+    /// Folds one more event (the next in the stream).
+    pub fn push(&mut self, e: &Envelope) -> Result<(), InvalidTransition> {
+        self.state = Some(transition(self.state, &e.payload)?);
+        self.version = e.sequence;
+        self.correlation_id.get_or_insert(e.correlation_id);
+        match &e.payload {
+            Event::WorkloadSubmitted(s) => self.submitted = Some(s.clone()),
+            Event::WorkloadCheckpointed(c) => self.last_checkpoint = c.progress,
+            Event::WorkloadRequeued(r) => self.last_checkpoint = r.resume_progress,
+            Event::WorkloadPlacementProposed(_) => self.latest_proposal = Some(e.event_id),
+            Event::WorkloadScheduled(_) | Event::WorkloadPlacementRejected(_) => {
+                if let Some(c) = e.causation_id {
+                    self.answered.insert(c);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// The state after `events`, or the first refusal.

@@ -7,11 +7,13 @@
 //!
 //! - [`domain`]: the decisions, pure;
 //! - [`repo`]: the SQL of its tables;
-//! - [`projection`]: the consumer-side projection ([`ResourceManager`]);
+//! - [`projection`]: the consumer-side projection ([`ResourceManager`]), with its batch path
+//!   (proposals and reports answered set-based) in `batch`;
 //! - [`health`]: the periodic sweep ([`HealthSweep`]);
 //! - [`asic`]: optimizer decisions into ASIC commands per model.
 
 pub mod asic;
+mod batch;
 pub mod config;
 pub mod domain;
 pub mod health;

@@ -67,9 +67,9 @@ impl Topics {
 #[derive(Debug, Clone)]
 pub struct ResourceManager {
     name: String,
-    topics: Topics,
-    settings: RmSettings,
-    memo: Arc<HeartbeatMemo>,
+    pub(crate) topics: Topics,
+    pub(crate) settings: RmSettings,
+    pub(crate) memo: Arc<HeartbeatMemo>,
 }
 
 /// What each worker's last stored heartbeat said. Workers beat once a second; most beats
@@ -126,7 +126,7 @@ impl HeartbeatMemo {
     }
 
     /// Whether `h` repeats the last stored heartbeat of its worker within `every`.
-    fn repeats(&self, h: &WorkerHeartbeat, every: Duration) -> bool {
+    pub(crate) fn repeats(&self, h: &WorkerHeartbeat, every: Duration) -> bool {
         let Ok(workers) = self.workers.lock() else {
             return false;
         };
@@ -370,6 +370,20 @@ impl Projection for ResourceManager {
         }
     }
 
+    /// Proposals and run reports of a batch are answered set-based (`crate::batch`), the
+    /// rest one by one, keeping each stream's and each workload's events in order.
+    async fn apply_batch(
+        &self,
+        tx: &mut PgConnection,
+        events: &[&Envelope],
+    ) -> Result<(), ApplyError> {
+        self.apply_grouped(tx, events).await
+    }
+
+    fn batches(&self) -> bool {
+        true
+    }
+
     async fn reset(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
         repo::reset(tx).await
     }
@@ -379,7 +393,7 @@ impl ResourceManager {
     /// `workload.placement_proposed`: allocate under the pool lock and answer with
     /// `workload.scheduled` (+ a start command) or `workload.placement_rejected`.
     #[tracing::instrument(skip_all, fields(workload_id = %p.workload_id, worker_id = %p.worker_id))]
-    async fn on_proposed(
+    pub(crate) async fn on_proposed(
         &self,
         tx: &mut PgConnection,
         e: &Envelope,
@@ -698,7 +712,7 @@ impl ResourceManager {
     /// `run.reported`: turns a report of the worker holding the allocation into workload
     /// events; anything else is stale or duplicate and only counted.
     #[tracing::instrument(skip_all, fields(workload_id = %r.workload_id, worker_id = %r.worker_id, status = ?r.status))]
-    async fn on_report(
+    pub(crate) async fn on_report(
         &self,
         tx: &mut PgConnection,
         e: &Envelope,

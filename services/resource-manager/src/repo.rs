@@ -1,6 +1,7 @@
 //! SQL of the resource-manager's tables (`rm_workers`, `rm_gpus`, `rm_allocations`,
 //! `rm_runs`). Every function takes the caller's connection or transaction.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use hcp_events::payload::{GpuSample, GpuSpec, WorkloadSubmitted};
@@ -474,16 +475,23 @@ pub async fn fleet_could_fit(
     conn: &mut PgConnection,
     workload: &WorkloadSubmitted,
 ) -> Result<bool, sqlx::Error> {
-    let rows: Vec<(String, Json<Vec<GpuSpec>>)> =
-        sqlx::query_as("SELECT worker_id, gpus FROM rm_workers")
-            .fetch_all(conn)
-            .await?;
-    if rows.is_empty() {
-        return Ok(true);
-    }
-    Ok(rows.iter().any(|(_, gpus)| {
-        gpus.0.iter().filter(|g| gpu_fits(workload, g)).count() >= workload.gpu_count as usize
-    }))
+    Ok(could_fit(&all_workers(conn).await?, workload))
+}
+
+/// Every worker (the fleet, for [`could_fit`]).
+pub async fn all_workers(conn: &mut PgConnection) -> Result<Vec<WorkerRow>, sqlx::Error> {
+    sqlx::query_as("SELECT worker_id, site, backend, state, gpus, last_report_id FROM rm_workers")
+        .fetch_all(conn)
+        .await
+}
+
+/// Whether any worker of `fleet` (lost ones included: they may come back) has enough GPUs that
+/// fit the workload; an empty fleet could still grow.
+pub fn could_fit(fleet: &[WorkerRow], workload: &WorkloadSubmitted) -> bool {
+    fleet.is_empty()
+        || fleet.iter().any(|w| {
+            w.gpus.0.iter().filter(|g| gpu_fits(workload, g)).count() >= workload.gpu_count as usize
+        })
 }
 
 /// Live allocations and workers by state, for the gauges.
@@ -503,4 +511,221 @@ pub async fn reset(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         .execute(conn)
         .await
         .map(|_| ())
+}
+
+// The set-based forms used by the batch path (`crate::batch`): one statement for a whole batch.
+
+/// Reads many workers, by id.
+pub async fn workers(
+    conn: &mut PgConnection,
+    worker_ids: &[String],
+) -> Result<HashMap<String, WorkerRow>, sqlx::Error> {
+    let rows: Vec<WorkerRow> = sqlx::query_as(
+        "SELECT worker_id, site, backend, state, gpus, last_report_id \
+         FROM rm_workers WHERE worker_id = ANY($1)",
+    )
+    .bind(worker_ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|w| (w.worker_id.clone(), w)).collect())
+}
+
+/// Takes the locks of several pools, in name order (so two batches cannot deadlock each other).
+pub async fn lock_pools<'a>(
+    conn: &mut PgConnection,
+    sites: impl IntoIterator<Item = &'a str>,
+) -> Result<(), sqlx::Error> {
+    let mut sites: Vec<&str> = sites.into_iter().collect();
+    sites.sort_unstable();
+    sites.dedup();
+    for site in sites {
+        lock_pool(conn, site).await?;
+    }
+    Ok(())
+}
+
+/// Inserts the allocations of many gangs (`(workload, worker, gpu)` rows). Returns, per
+/// workload, how many rows went in (the partial unique index refuses a held GPU).
+pub async fn allocate_many(
+    conn: &mut PgConnection,
+    rows: &[(Uuid, &str, &str)],
+) -> Result<HashMap<Uuid, usize>, sqlx::Error> {
+    let (w, (k, g)): (Vec<Uuid>, (Vec<&str>, Vec<&str>)) =
+        rows.iter().map(|(w, k, g)| (*w, (*k, *g))).unzip();
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO rm_allocations (workload_id, worker_id, gpu_id) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[]) \
+         ON CONFLICT (gpu_id) WHERE released_at IS NULL DO NOTHING RETURNING workload_id",
+    )
+    .bind(&w)
+    .bind(&k)
+    .bind(&g)
+    .fetch_all(conn)
+    .await?;
+    let mut counts: HashMap<Uuid, usize> = HashMap::new();
+    for id in inserted {
+        *counts.entry(id).or_default() += 1;
+    }
+    Ok(counts)
+}
+
+/// [`undo_allocation`] for many workloads.
+pub async fn undo_allocations(
+    conn: &mut PgConnection,
+    workload_ids: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    if workload_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("DELETE FROM rm_allocations WHERE workload_id = ANY($1) AND released_at IS NULL")
+        .bind(workload_ids)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// [`release`] for many workloads, each with its reason.
+pub async fn release_many(
+    conn: &mut PgConnection,
+    releases: &[(Uuid, &str)],
+) -> Result<(), sqlx::Error> {
+    if releases.is_empty() {
+        return Ok(());
+    }
+    let (ids, reasons): (Vec<Uuid>, Vec<&str>) = releases.iter().copied().unzip();
+    sqlx::query(
+        "UPDATE rm_allocations a SET released_at = clock_timestamp(), release_reason = u.reason \
+         FROM UNNEST($1::uuid[], $2::text[]) AS u(id, reason) \
+         WHERE a.workload_id = u.id AND a.released_at IS NULL",
+    )
+    .bind(&ids)
+    .bind(&reasons)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// The live allocations of many workloads.
+pub async fn live_allocations(
+    conn: &mut PgConnection,
+    workload_ids: &[Uuid],
+) -> Result<HashMap<Uuid, LiveAllocation>, sqlx::Error> {
+    let rows: Vec<(Uuid, String, String, String)> = sqlx::query_as(
+        "SELECT a.workload_id, a.worker_id, w.site, a.gpu_id FROM rm_allocations a \
+         JOIN rm_workers w ON w.worker_id = a.worker_id \
+         WHERE a.workload_id = ANY($1) AND a.released_at IS NULL \
+         ORDER BY a.workload_id, a.gpu_id",
+    )
+    .bind(workload_ids)
+    .fetch_all(conn)
+    .await?;
+    let mut out: HashMap<Uuid, LiveAllocation> = HashMap::new();
+    for (workload_id, worker_id, site, gpu_id) in rows {
+        out.entry(workload_id)
+            .or_insert_with(|| LiveAllocation {
+                worker_id,
+                site,
+                gpu_ids: Vec::new(),
+            })
+            .gpu_ids
+            .push(gpu_id);
+    }
+    Ok(out)
+}
+
+/// A placement recorded in `rm_runs` ([`upsert_run`]'s arguments).
+#[derive(Debug, Clone)]
+pub struct NewRun<'a> {
+    /// The workload.
+    pub workload_id: Uuid,
+    /// Where it runs.
+    pub worker_id: &'a str,
+    /// Its model.
+    pub model: &'a str,
+    /// Its declared duration.
+    pub duration_s: u32,
+    /// Where it resumes from.
+    pub checkpoint_progress: f64,
+    /// The stream version of its `workload.scheduled`.
+    pub stream_version: i64,
+}
+
+/// [`upsert_run`] for many placements, all `scheduled`.
+pub async fn upsert_runs(conn: &mut PgConnection, runs: &[NewRun<'_>]) -> Result<(), sqlx::Error> {
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = runs.iter().map(|r| r.workload_id).collect();
+    let workers: Vec<&str> = runs.iter().map(|r| r.worker_id).collect();
+    let models: Vec<&str> = runs.iter().map(|r| r.model).collect();
+    let durations: Vec<i32> = runs
+        .iter()
+        .map(|r| i32::try_from(r.duration_s).unwrap_or(i32::MAX))
+        .collect();
+    let checkpoints: Vec<f64> = runs.iter().map(|r| r.checkpoint_progress).collect();
+    let versions: Vec<i64> = runs.iter().map(|r| r.stream_version).collect();
+    sqlx::query(
+        "INSERT INTO rm_runs (workload_id, worker_id, model, duration_s, checkpoint_progress, \
+             state, stream_version, scheduled_version) \
+         SELECT u.id, u.worker, u.model, u.duration, u.checkpoint, 'scheduled', u.v, u.v \
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int[], $5::float8[], $6::bigint[]) \
+              AS u(id, worker, model, duration, checkpoint, v) \
+         ON CONFLICT (workload_id) DO UPDATE SET worker_id = EXCLUDED.worker_id, \
+             model = EXCLUDED.model, duration_s = EXCLUDED.duration_s, \
+             checkpoint_progress = EXCLUDED.checkpoint_progress, state = EXCLUDED.state, \
+             stream_version = EXCLUDED.stream_version, \
+             scheduled_version = EXCLUDED.scheduled_version, missing_since = NULL, \
+             updated_at = clock_timestamp()",
+    )
+    .bind(&ids)
+    .bind(&workers)
+    .bind(&models)
+    .bind(&durations)
+    .bind(&checkpoints)
+    .bind(&versions)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// A run's new state after an append ([`update_run`]'s arguments).
+#[derive(Debug, Clone, Copy)]
+pub struct RunUpdate<'a> {
+    /// The workload.
+    pub workload_id: Uuid,
+    /// Its state.
+    pub state: &'a str,
+    /// The stream version reached.
+    pub stream_version: i64,
+    /// A new checkpoint (`None` keeps the stored one).
+    pub checkpoint_progress: Option<f64>,
+}
+
+/// [`update_run`] for many runs.
+pub async fn update_runs(
+    conn: &mut PgConnection,
+    updates: &[RunUpdate<'_>],
+) -> Result<(), sqlx::Error> {
+    if updates.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = updates.iter().map(|u| u.workload_id).collect();
+    let states: Vec<&str> = updates.iter().map(|u| u.state).collect();
+    let versions: Vec<i64> = updates.iter().map(|u| u.stream_version).collect();
+    let checkpoints: Vec<Option<f64>> = updates.iter().map(|u| u.checkpoint_progress).collect();
+    sqlx::query(
+        "UPDATE rm_runs r SET state = u.state, \
+             stream_version = GREATEST(r.stream_version, u.v), \
+             checkpoint_progress = COALESCE(u.checkpoint, r.checkpoint_progress), \
+             updated_at = clock_timestamp() \
+         FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::float8[]) \
+              AS u(id, state, v, checkpoint) WHERE r.workload_id = u.id",
+    )
+    .bind(&ids)
+    .bind(&states)
+    .bind(&versions)
+    .bind(&checkpoints)
+    .execute(conn)
+    .await
+    .map(|_| ())
 }

@@ -607,6 +607,33 @@ pub async fn read_stream_on(
     rows.into_iter().map(EventRow::into_recorded).collect()
 }
 
+/// Reads many whole streams on a given connection, each in sequence order (one statement):
+/// the set-based form of [`read_stream_on`].
+pub async fn read_streams_on(
+    conn: &mut PgConnection,
+    stream_ids: &[String],
+) -> Result<std::collections::HashMap<String, Vec<RecordedEvent>>, StoreError> {
+    let mut out: std::collections::HashMap<String, Vec<RecordedEvent>> =
+        std::collections::HashMap::with_capacity(stream_ids.len());
+    if stream_ids.is_empty() {
+        return Ok(out);
+    }
+    let rows: Vec<EventRow> = sqlx::query_as(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events e WHERE e.stream_id = ANY($1) \
+         ORDER BY e.stream_id, e.stream_sequence"
+    ))
+    .bind(stream_ids)
+    .fetch_all(conn)
+    .await?;
+    for row in rows {
+        let recorded = row.into_recorded()?;
+        out.entry(recorded.envelope.stream_id.clone())
+            .or_default()
+            .push(recorded);
+    }
+    Ok(out)
+}
+
 /// Reads the global log on a given connection (used by replay inside its transaction).
 pub(crate) async fn read_all_on(
     conn: &mut PgConnection,

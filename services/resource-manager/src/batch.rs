@@ -1,0 +1,659 @@
+//! The resource-manager's batch path. Under load a consumer batch holds many placement
+//! proposals and run reports; answered one by one, each cost about ten statements (two reads
+//! of the worker, the pool lock, the holders, a read of the workload's stream, the allocation,
+//! two appends, the run row). Here a whole group is answered set-based: one read of the
+//! workers, each pool locked once, one read of the holders, one read of every stream, the
+//! decisions in memory (GPUs taken earlier in the group count as held), one insert of the
+//! allocations, one batched append of the answers and one of the start commands, one write
+//! of the run rows. Reports likewise: one read of the allocations, one of the streams, the
+//! fold in memory, one append, one release, one run-row write.
+//!
+//! **Order.** Only events of different streams about different workloads are ever answered
+//! out of batch order, and that is an order the broker could have delivered them in (it keeps
+//! order per partition only, and every stream lives on one partition). The group is therefore
+//! closed (answered) before any event of a stream it holds, or about a workload it holds,
+//! is applied; a heartbeat that repeats the last stored one changes nothing and does not close
+//! it.
+//!
+//! **Never double-book** is kept as in the one-by-one path: allocations are decided under the
+//! locks of their pools, from holders read under those locks, and the partial unique index
+//! refuses whatever would slip past. An answer whose stream moved meanwhile (an append
+//! conflict) has its allocation undone and is answered again one by one.
+
+use std::collections::{HashMap, HashSet};
+
+use hcp_db::sqlx::PgConnection;
+use hcp_db::store::read_streams_on;
+use hcp_db::{ApplyError, EventStore, ExpectedVersion, Projection, StreamAppend};
+use hcp_domain::WorkloadState;
+use hcp_events::payload::{
+    CommandAction, DeviceCommand, RunReported, WorkloadPlacementProposed,
+    WorkloadPlacementRejected, WorkloadScheduled,
+};
+use hcp_events::{command_stream, report_stream, workload_stream, Envelope, Event};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::domain::{
+    check_placement, decide_report, Holder, RejectReason, Rejection, ReportDecision, RequeueKind,
+    WorkloadView,
+};
+use crate::metrics as m;
+use crate::projection::{envelope, publish, store_error, Cause, ResourceManager};
+use crate::repo::{self, NewRun, RunUpdate, WorkerRow};
+
+/// Proposals and reports waiting to be answered together.
+#[derive(Debug, Default)]
+pub(crate) struct Group<'a> {
+    proposals: Vec<(&'a Envelope, &'a WorkloadPlacementProposed)>,
+    reports: Vec<(&'a Envelope, &'a RunReported)>,
+    /// The streams of the events held.
+    streams: HashSet<&'a str>,
+    /// Per workload concerned, the stream of the events about it that are held.
+    workloads: HashMap<Uuid, &'a str>,
+}
+
+impl<'a> Group<'a> {
+    fn is_empty(&self) -> bool {
+        self.proposals.is_empty() && self.reports.is_empty()
+    }
+
+    /// Whether applying `e` now would overtake an event held here (same stream, or the same
+    /// workload on another stream).
+    fn overtaken_by(&self, e: &Envelope) -> bool {
+        self.streams.contains(e.stream_id.as_str())
+            || e.payload
+                .workload_id()
+                .is_some_and(|w| self.workloads.contains_key(&w))
+    }
+
+    /// Holds `e` if it is a proposal or a report. `Err(e)` when it is neither; `Ok(false)`
+    /// when it is one but cannot join (the group holds another event about its workload, on
+    /// a stream other than its own, or a proposal of the same workload): close the group
+    /// first, then offer it again.
+    fn offer(&mut self, e: &'a Envelope) -> Result<bool, &'a Envelope> {
+        let workload = match &e.payload {
+            Event::WorkloadPlacementProposed(p) => p.workload_id,
+            Event::RunReported(r) => r.workload_id,
+            _ => return Err(e),
+        };
+        match (&e.payload, self.workloads.get(&workload)) {
+            (Event::WorkloadPlacementProposed(_), Some(_)) => return Ok(false),
+            (Event::RunReported(_), Some(s)) if *s != e.stream_id.as_str() => return Ok(false),
+            _ => {}
+        }
+        match &e.payload {
+            Event::WorkloadPlacementProposed(p) => self.proposals.push((e, p)),
+            Event::RunReported(r) => self.reports.push((e, r)),
+            _ => return Err(e),
+        }
+        self.streams.insert(&e.stream_id);
+        self.workloads.insert(workload, &e.stream_id);
+        Ok(true)
+    }
+}
+
+/// A proposal's answer, decided in memory.
+enum Answer<'a> {
+    Schedule {
+        e: &'a Envelope,
+        p: &'a WorkloadPlacementProposed,
+        view: WorkloadView,
+    },
+    Reject {
+        e: &'a Envelope,
+        p: &'a WorkloadPlacementProposed,
+        view: WorkloadView,
+        rejection: Rejection,
+    },
+}
+
+impl<'a> Answer<'a> {
+    fn proposal(&self) -> (&'a Envelope, &'a WorkloadPlacementProposed) {
+        match self {
+            Self::Schedule { e, p, .. } | Self::Reject { e, p, .. } => (e, p),
+        }
+    }
+
+    fn view(&self) -> &WorkloadView {
+        match self {
+            Self::Schedule { view, .. } | Self::Reject { view, .. } => view,
+        }
+    }
+}
+
+/// What a group of reports does to one workload.
+struct RunChange<'a> {
+    stream: String,
+    /// The stream version the appends expect.
+    expected: i64,
+    /// The view after the events decided so far.
+    view: WorkloadView,
+    events: Vec<Envelope>,
+    reports: Vec<(&'a Envelope, &'a RunReported)>,
+    /// The release reason, once a report ended the placement.
+    release: Option<&'static str>,
+    checkpoint: Option<f64>,
+    requeues: Vec<RequeueKind>,
+}
+
+fn ignored(why: &'static str) {
+    tracing::info!(why, "run report ignored");
+    metrics::counter!(m::IGNORED_REPORTS, "reason" => why).increment(1);
+}
+
+fn fold(
+    streams: &HashMap<String, Vec<hcp_db::RecordedEvent>>,
+    stream: &str,
+    workload_id: Uuid,
+) -> Result<WorkloadView, ApplyError> {
+    let events = streams.get(stream).map(Vec::as_slice).unwrap_or_default();
+    WorkloadView::fold(events.iter().map(|r| &r.envelope)).map_err(|e| {
+        ApplyError::Poison(format!(
+            "the stream of workload {workload_id} does not fold: {e}"
+        ))
+    })
+}
+
+impl ResourceManager {
+    /// Applies a consumer batch: proposals and reports grouped and answered set-based,
+    /// everything else one by one, in an order that keeps every stream's and every
+    /// workload's events in batch order (see the module's doc).
+    pub(crate) async fn apply_grouped(
+        &self,
+        tx: &mut PgConnection,
+        events: &[&Envelope],
+    ) -> Result<(), ApplyError> {
+        let mut group = Group::default();
+        for &e in events {
+            match group.offer(e) {
+                Ok(true) => continue,
+                Ok(false) => {
+                    self.close(tx, &mut group).await?;
+                    if !matches!(group.offer(e), Ok(true)) {
+                        return Err(ApplyError::Transient(
+                            "an empty group refused an event".into(),
+                        ));
+                    }
+                }
+                Err(e) => {
+                    let repeat = match &e.payload {
+                        Event::WorkerHeartbeat(h) => {
+                            self.memo.repeats(h, self.settings.heartbeat_store())
+                        }
+                        _ => false,
+                    };
+                    if !repeat && group.overtaken_by(e) {
+                        self.close(tx, &mut group).await?;
+                    }
+                    self.apply(tx, e).await?;
+                }
+            }
+        }
+        self.close(tx, &mut group).await
+    }
+
+    /// Answers what the group holds and empties it.
+    async fn close(&self, tx: &mut PgConnection, group: &mut Group<'_>) -> Result<(), ApplyError> {
+        if group.is_empty() {
+            return Ok(());
+        }
+        let Group {
+            proposals, reports, ..
+        } = std::mem::take(group);
+        // Alone, the one-by-one path costs fewer statements.
+        match proposals.as_slice() {
+            [] => {}
+            [(e, p)] => self.on_proposed(tx, e, p).await?,
+            _ => self.answer_proposals(tx, &proposals).await?,
+        }
+        match reports.as_slice() {
+            [] => {}
+            [(e, r)] => self.on_report(tx, e, r).await?,
+            _ => self.record_reports(tx, &reports).await?,
+        }
+        Ok(())
+    }
+
+    /// Answers many proposals (of distinct workloads) at once.
+    #[tracing::instrument(skip_all, fields(proposals = proposals.len()))]
+    async fn answer_proposals(
+        &self,
+        tx: &mut PgConnection,
+        proposals: &[(&Envelope, &WorkloadPlacementProposed)],
+    ) -> Result<(), ApplyError> {
+        for (e, p) in proposals {
+            if e.stream_id != workload_stream(p.workload_id) {
+                return Err(ApplyError::Poison(format!(
+                    "a proposal for workload {} on stream {}",
+                    p.workload_id, e.stream_id
+                )));
+            }
+        }
+        let mut worker_ids: Vec<String> =
+            proposals.iter().map(|(_, p)| p.worker_id.clone()).collect();
+        worker_ids.sort_unstable();
+        worker_ids.dedup();
+        // The pool locks come first: from here to commit nobody else changes these pools.
+        let before = repo::workers(tx, &worker_ids).await?;
+        repo::lock_pools(tx, before.values().map(|w| w.site.as_str())).await?;
+        let workers = repo::workers(tx, &worker_ids).await?;
+        let gpu_ids: Vec<String> = proposals
+            .iter()
+            .flat_map(|(_, p)| p.gpu_ids.iter().cloned())
+            .collect();
+        let mut held: HashMap<String, Uuid> = repo::holders(tx, &gpu_ids)
+            .await?
+            .into_iter()
+            .map(|h| (h.gpu_id, h.workload_id))
+            .collect();
+        let stream_ids: Vec<String> = proposals.iter().map(|(e, _)| e.stream_id.clone()).collect();
+        let streams = read_streams_on(tx, &stream_ids)
+            .await
+            .map_err(store_error)?;
+
+        let mut answers: Vec<Answer<'_>> = Vec::with_capacity(proposals.len());
+        for &(e, p) in proposals {
+            let view = fold(&streams, &e.stream_id, p.workload_id)?;
+            if view.answered.contains(&e.event_id) {
+                tracing::debug!(workload_id = %p.workload_id, "proposal already answered");
+                continue;
+            }
+            if view.state != Some(WorkloadState::Queued) {
+                tracing::info!(workload_id = %p.workload_id, state = ?view.state, "proposal for a workload no longer queued");
+                metrics::counter!(m::UNANSWERABLE_PROPOSALS).increment(1);
+                continue;
+            }
+            let Some(submitted) = view.submitted.as_ref() else {
+                return Err(ApplyError::Poison(format!(
+                    "workload {} has no submission",
+                    p.workload_id
+                )));
+            };
+            if view.latest_proposal != Some(e.event_id) {
+                // The later proposal gets its own answer (see `on_proposed`).
+                metrics::counter!(m::REJECTIONS, "reason" => RejectReason::Superseded.as_str())
+                    .increment(1);
+                continue;
+            }
+            let holders: Vec<Holder> = p
+                .gpu_ids
+                .iter()
+                .filter_map(|g| {
+                    held.get(g).map(|w| Holder {
+                        gpu_id: g.clone(),
+                        workload_id: *w,
+                    })
+                })
+                .collect();
+            let worker = workers.get(&p.worker_id).map(WorkerRow::info);
+            match check_placement(submitted, p, worker.as_ref(), &holders) {
+                Ok(()) => {
+                    for g in &p.gpu_ids {
+                        held.insert(g.clone(), p.workload_id);
+                    }
+                    answers.push(Answer::Schedule { e, p, view });
+                }
+                Err(rejection) => answers.push(Answer::Reject {
+                    e,
+                    p,
+                    view,
+                    rejection,
+                }),
+            }
+        }
+
+        // The allocations, with the unique index as the backstop.
+        let rows: Vec<(Uuid, &str, &str)> = answers
+            .iter()
+            .filter_map(|a| match a {
+                Answer::Schedule { p, .. } => Some(p),
+                Answer::Reject { .. } => None,
+            })
+            .flat_map(|p| {
+                p.gpu_ids
+                    .iter()
+                    .map(|g| (p.workload_id, p.worker_id.as_str(), g.as_str()))
+            })
+            .collect();
+        if !rows.is_empty() {
+            let inserted = repo::allocate_many(tx, &rows).await?;
+            let mut refused = Vec::new();
+            for a in &mut answers {
+                if let Answer::Schedule { e, p, view } = a {
+                    if inserted.get(&p.workload_id).copied().unwrap_or(0) != p.gpu_ids.len() {
+                        tracing::error!(
+                            gpus = ?p.gpu_ids,
+                            "allocation backstop refused a GPU that the pool-locked check saw free"
+                        );
+                        refused.push(p.workload_id);
+                        *a = Answer::Reject {
+                            e,
+                            p,
+                            view: std::mem::take(view),
+                            rejection: Rejection {
+                                reason: RejectReason::GpuHeld,
+                                detail: "a GPU of the proposal is already allocated".into(),
+                            },
+                        };
+                    }
+                }
+            }
+            repo::undo_allocations(tx, &refused).await?;
+        }
+
+        // The answers on the workload streams, each at the version its decision saw.
+        let mut retryable: HashMap<Uuid, bool> = HashMap::new();
+        let mut fleet: Option<Vec<WorkerRow>> = None;
+        let mut answer_events: Vec<[Envelope; 1]> = Vec::with_capacity(answers.len());
+        for a in &answers {
+            let (e, p) = a.proposal();
+            let event = match a {
+                Answer::Schedule { .. } => Event::WorkloadScheduled(WorkloadScheduled {
+                    workload_id: p.workload_id,
+                    worker_id: p.worker_id.clone(),
+                    gpu_ids: p.gpu_ids.clone(),
+                }),
+                Answer::Reject {
+                    view, rejection, ..
+                } => {
+                    let fleet = match &mut fleet {
+                        Some(f) => f,
+                        None => fleet.insert(repo::all_workers(tx).await?),
+                    };
+                    let fits = view
+                        .submitted
+                        .as_ref()
+                        .is_none_or(|s| repo::could_fit(fleet, s));
+                    retryable.insert(p.workload_id, fits);
+                    Event::WorkloadPlacementRejected(WorkloadPlacementRejected {
+                        workload_id: p.workload_id,
+                        worker_id: p.worker_id.clone(),
+                        reason: format!("{}: {}", rejection.reason.as_str(), rejection.detail),
+                        retryable: fits,
+                    })
+                }
+            };
+            answer_events.push([envelope(&e.stream_id, event, Cause::of(e))]);
+        }
+        let workloads_topic = publish(&self.topics.workloads);
+        let appends: Vec<StreamAppend<'_>> = answers
+            .iter()
+            .zip(&answer_events)
+            .map(|(a, events)| StreamAppend {
+                stream_id: &a.proposal().0.stream_id,
+                expected: ExpectedVersion::Exact(a.view().version),
+                events,
+                publish: &workloads_topic,
+            })
+            .collect();
+        let results = EventStore::append_batch(tx, &appends)
+            .await
+            .map_err(store_error)?;
+
+        // Whatever moved meanwhile is answered again one by one, after the rest.
+        let mut again: Vec<(&Envelope, &WorkloadPlacementProposed)> = Vec::new();
+        let mut undo: Vec<Uuid> = Vec::new();
+        let mut commands: HashMap<&str, Vec<Envelope>> = HashMap::new();
+        let mut runs: Vec<NewRun<'_>> = Vec::new();
+        for (a, result) in answers.iter().zip(results) {
+            let (e, p) = a.proposal();
+            let version = match result {
+                Ok(out) => out.new_version,
+                Err(hcp_db::StoreError::ConcurrencyConflict { .. }) => {
+                    if matches!(a, Answer::Schedule { .. }) {
+                        undo.push(p.workload_id);
+                    }
+                    again.push((e, p));
+                    continue;
+                }
+                Err(other) => return Err(store_error(other)),
+            };
+            match a {
+                Answer::Schedule { view, .. } => {
+                    let Some(submitted) = view.submitted.as_ref() else {
+                        continue;
+                    };
+                    let stream = command_stream(&p.worker_id);
+                    let cmd = envelope(
+                        &stream,
+                        Event::DeviceCommand(DeviceCommand {
+                            command_id: Uuid::now_v7(),
+                            worker_id: p.worker_id.clone(),
+                            workload_id: p.workload_id,
+                            action: CommandAction::Start {
+                                model: submitted.model.clone(),
+                                gpu_ids: p.gpu_ids.clone(),
+                                duration_s: submitted.duration_s,
+                                resume_progress: view.last_checkpoint,
+                                input: submitted.input.clone(),
+                            },
+                        }),
+                        Cause::of(e),
+                    );
+                    commands.entry(p.worker_id.as_str()).or_default().push(cmd);
+                    runs.push(NewRun {
+                        workload_id: p.workload_id,
+                        worker_id: &p.worker_id,
+                        model: &submitted.model,
+                        duration_s: submitted.duration_s,
+                        checkpoint_progress: view.last_checkpoint,
+                        stream_version: version,
+                    });
+                    metrics::counter!(m::ALLOCATIONS).increment(1);
+                    metrics::histogram!(m::PROPOSE_TO_SCHEDULED).record(
+                        (OffsetDateTime::now_utc() - e.occurred_at)
+                            .as_seconds_f64()
+                            .max(0.0),
+                    );
+                    tracing::info!(workload_id = %p.workload_id, worker_id = %p.worker_id, gpus = ?p.gpu_ids, "workload scheduled");
+                }
+                Answer::Reject { rejection, .. } => {
+                    metrics::counter!(m::REJECTIONS, "reason" => rejection.reason.as_str())
+                        .increment(1);
+                    tracing::info!(
+                        workload_id = %p.workload_id,
+                        reason = %rejection.detail,
+                        retryable = retryable.get(&p.workload_id).copied().unwrap_or(true),
+                        "placement rejected"
+                    );
+                }
+            }
+        }
+        repo::undo_allocations(tx, &undo).await?;
+        let command_streams: Vec<(String, Vec<Envelope>)> = commands
+            .into_iter()
+            .map(|(w, c)| (command_stream(w), c))
+            .collect();
+        let commands_topic = publish(&self.topics.commands);
+        let appends: Vec<StreamAppend<'_>> = command_streams
+            .iter()
+            .map(|(stream, events)| StreamAppend {
+                stream_id: stream,
+                expected: ExpectedVersion::Any,
+                events,
+                publish: &commands_topic,
+            })
+            .collect();
+        for result in EventStore::append_batch(tx, &appends)
+            .await
+            .map_err(store_error)?
+        {
+            result.map_err(store_error)?;
+        }
+        repo::upsert_runs(tx, &runs).await?;
+        for (e, p) in again {
+            self.on_proposed(tx, e, p).await?;
+        }
+        Ok(())
+    }
+
+    /// Records many run reports at once (a workload's reports all come from one worker here,
+    /// in order).
+    #[tracing::instrument(skip_all, fields(reports = reports.len()))]
+    async fn record_reports(
+        &self,
+        tx: &mut PgConnection,
+        reports: &[(&Envelope, &RunReported)],
+    ) -> Result<(), ApplyError> {
+        for (e, r) in reports {
+            if e.stream_id != report_stream(&r.worker_id) {
+                return Err(ApplyError::Poison(format!(
+                    "a report of worker {} on stream {}",
+                    r.worker_id, e.stream_id
+                )));
+            }
+        }
+        let mut ids: Vec<Uuid> = reports.iter().map(|(_, r)| r.workload_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let before = repo::live_allocations(tx, &ids).await?;
+        repo::lock_pools(
+            tx,
+            reports.iter().filter_map(|(_, r)| {
+                before
+                    .get(&r.workload_id)
+                    .filter(|a| a.worker_id == r.worker_id)
+                    .map(|a| a.site.as_str())
+            }),
+        )
+        .await?;
+        let live = repo::live_allocations(tx, &ids).await?;
+        let stream_ids: Vec<String> = ids
+            .iter()
+            .filter(|id| live.contains_key(id))
+            .map(|id| workload_stream(*id))
+            .collect();
+        let streams = read_streams_on(tx, &stream_ids)
+            .await
+            .map_err(store_error)?;
+
+        let mut changes: HashMap<Uuid, RunChange<'_>> = HashMap::new();
+        let mut order: Vec<Uuid> = Vec::new();
+        for &(e, r) in reports {
+            let Some(alloc) = live.get(&r.workload_id) else {
+                ignored("not_allocated");
+                continue;
+            };
+            if alloc.worker_id != r.worker_id {
+                ignored("allocated_elsewhere");
+                continue;
+            }
+            let change = match changes.entry(r.workload_id) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let stream = workload_stream(r.workload_id);
+                    let view = fold(&streams, &stream, r.workload_id)?;
+                    order.push(r.workload_id);
+                    v.insert(RunChange {
+                        stream,
+                        expected: view.version,
+                        view,
+                        events: Vec::new(),
+                        reports: Vec::new(),
+                        release: None,
+                        checkpoint: None,
+                        requeues: Vec::new(),
+                    })
+                }
+            };
+            change.reports.push((e, r));
+            if change.release.is_some() {
+                // An earlier report of the group ended the placement.
+                ignored("not_allocated");
+                continue;
+            }
+            let (events, release, requeue) = match decide_report(&change.view, r) {
+                ReportDecision::Ignore(why) => {
+                    ignored(why);
+                    continue;
+                }
+                ReportDecision::Apply {
+                    events,
+                    release,
+                    requeue,
+                } => (events, release, requeue),
+            };
+            let state = change
+                .view
+                .check(&events)
+                .map_err(|err| ApplyError::Transient(err.to_string()))?;
+            if let Some(cp) = events.iter().rev().find_map(|ev| match ev {
+                Event::WorkloadCheckpointed(c) => Some(c.progress),
+                Event::WorkloadRequeued(q) => Some(q.resume_progress),
+                _ => None,
+            }) {
+                change.checkpoint = Some(cp);
+            }
+            for ev in events {
+                let mut env = envelope(&change.stream, ev, Cause::of(e));
+                env.sequence = change.view.version + 1;
+                change
+                    .view
+                    .push(&env)
+                    .map_err(|err| ApplyError::Transient(err.to_string()))?;
+                change.events.push(env);
+            }
+            if release {
+                change.release = Some(requeue.map_or(state.as_str(), RequeueKind::as_str));
+            }
+            if let Some(kind) = requeue {
+                change.requeues.push(kind);
+            }
+            tracing::info!(workload_id = %r.workload_id, state = %state, progress = r.progress, "run report recorded");
+        }
+
+        let changed: Vec<&RunChange<'_>> = order
+            .iter()
+            .filter_map(|id| changes.get(id))
+            .filter(|c| !c.events.is_empty())
+            .collect();
+        let workloads_topic = publish(&self.topics.workloads);
+        let appends: Vec<StreamAppend<'_>> = changed
+            .iter()
+            .map(|c| StreamAppend {
+                stream_id: &c.stream,
+                expected: ExpectedVersion::Exact(c.expected),
+                events: &c.events,
+                publish: &workloads_topic,
+            })
+            .collect();
+        let results = EventStore::append_batch(tx, &appends)
+            .await
+            .map_err(store_error)?;
+        let mut releases: Vec<(Uuid, &str)> = Vec::new();
+        let mut updates: Vec<RunUpdate<'_>> = Vec::new();
+        let mut again: Vec<(&Envelope, &RunReported)> = Vec::new();
+        for (c, result) in changed.iter().zip(results) {
+            let version = match result {
+                Ok(out) => out.new_version,
+                Err(hcp_db::StoreError::ConcurrencyConflict { .. }) => {
+                    // Nothing else was written for it yet: record its reports one by one.
+                    again.extend(c.reports.iter().copied());
+                    continue;
+                }
+                Err(other) => return Err(store_error(other)),
+            };
+            let workload_id = c.reports[0].1.workload_id;
+            if let Some(why) = c.release {
+                releases.push((workload_id, why));
+            }
+            let state = c.view.state.unwrap_or(WorkloadState::Queued);
+            updates.push(RunUpdate {
+                workload_id,
+                state: state.as_str(),
+                stream_version: version,
+                checkpoint_progress: c.checkpoint,
+            });
+            for kind in &c.requeues {
+                metrics::counter!(m::REQUEUES, "reason" => kind.as_str()).increment(1);
+            }
+        }
+        repo::release_many(tx, &releases).await?;
+        repo::update_runs(tx, &updates).await?;
+        for (e, r) in again {
+            self.on_report(tx, e, r).await?;
+        }
+        Ok(())
+    }
+}
