@@ -559,3 +559,269 @@ async fn a_restarted_router_neither_proposes_twice_nor_reuses_promised_gpus() {
     );
     router.stop().await;
 }
+
+/// The router's tables, as comparable text (the ids of events the router appended itself
+/// differ between two runs and are left out).
+async fn router_tables(env: &TestEnv) -> Vec<String> {
+    let mut rows: Vec<String> = sqlx::query_scalar(
+        "SELECT concat_ws('|', workload_id, state, last_version, updated_at, kind, priority, \
+             interruptible, queued_at, proposed_worker, proposed_gpus::text, proposed_at, \
+             attempts, next_attempt_at, last_error, worker_id, gpu_ids::text, progress, \
+             progress_at, preempted_for, preempted_at) \
+         FROM router_queue ORDER BY workload_id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    rows.extend(
+        sqlx::query_scalar::<_, String>(
+            "SELECT concat_ws('|', gpu_id, held_by) FROM router_gpus ORDER BY gpu_id",
+        )
+        .fetch_all(&env.pool)
+        .await
+        .unwrap(),
+    );
+    rows.extend(
+        sqlx::query_scalar::<_, String>(
+            "SELECT concat_ws('|', worker_id, healthy, breaker::text) FROM router_workers \
+             ORDER BY worker_id",
+        )
+        .fetch_all(&env.pool)
+        .await
+        .unwrap(),
+    );
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_folds_to_the_same_tables_as_its_events_applied_one_by_one() {
+    hcp_tests::init_tracing();
+    let (one, batch) = (TestEnv::new().await, TestEnv::new().await);
+    let registered = Envelope::new(
+        worker_stream("wf"),
+        "resource-manager",
+        Event::WorkerRegistered(WorkerRegistered {
+            worker_id: "wf".into(),
+            site: "site-a".into(),
+            backend: "sim".into(),
+            gpus: gpus("wf", 8),
+        }),
+    );
+    let g = |n: u32| format!("wf/gpu-{n}");
+    let ids: Vec<Uuid> = (0..7).map(|_| Uuid::now_v7()).collect();
+    let submitted = |id: Uuid, n: u32| {
+        Event::WorkloadSubmitted(WorkloadSubmitted::simple(
+            id,
+            "acme",
+            WorkloadKind::Training,
+            "llama-3-8b",
+            n,
+            60,
+        ))
+    };
+    let queued = |id: Uuid| {
+        Event::WorkloadQueued(WorkloadQueued {
+            workload_id: id,
+            kind: WorkloadKind::Training,
+            priority: 5,
+            interruptible: true,
+            reason: "test".into(),
+        })
+    };
+    let proposed = |id: Uuid, a: u32, b: u32| {
+        Event::WorkloadPlacementProposed(WorkloadPlacementProposed {
+            workload_id: id,
+            worker_id: "wf".into(),
+            gpu_ids: vec![g(a), g(b)],
+            score: 1.0,
+            attempt: 1,
+        })
+    };
+    let scheduled = |id: Uuid, a: u32, b: u32| {
+        Event::WorkloadScheduled(WorkloadScheduled {
+            workload_id: id,
+            worker_id: "wf".into(),
+            gpu_ids: vec![g(a), g(b)],
+        })
+    };
+    let rejected = |id: Uuid, reason: &str, retryable: bool| {
+        Event::WorkloadPlacementRejected(WorkloadPlacementRejected {
+            workload_id: id,
+            worker_id: "wf".into(),
+            reason: reason.into(),
+            retryable,
+        })
+    };
+    let started = |id: Uuid| Event::WorkloadStarted(WorkloadStarted { workload_id: id });
+    let streams: Vec<Vec<Event>> = vec![
+        // Classified by the router (its append is the stream's next event).
+        vec![submitted(ids[0], 2)],
+        // No worker could ever hold 16 GPUs: failed by the router.
+        vec![submitted(ids[1], 16)],
+        // A whole run.
+        vec![
+            submitted(ids[2], 2),
+            queued(ids[2]),
+            proposed(ids[2], 0, 1),
+            scheduled(ids[2], 0, 1),
+            started(ids[2]),
+            Event::WorkloadCheckpointed(WorkloadCheckpointed {
+                workload_id: ids[2],
+                progress: 0.5,
+            }),
+            Event::WorkloadCompleted(WorkloadCompleted {
+                workload_id: ids[2],
+                runtime_s: 60.0,
+                output: None,
+            }),
+        ],
+        // A race (no attempt spent), then a worker's fault (an attempt, the breaker).
+        vec![
+            submitted(ids[3], 2),
+            queued(ids[3]),
+            proposed(ids[3], 2, 3),
+            rejected(ids[3], "gpu_held: wf/gpu-2 is held", true),
+            proposed(ids[3], 2, 3),
+            rejected(ids[3], "unknown_gpu: wf/gpu-3 is not on wf", true),
+        ],
+        // Refused for good: failed by the router.
+        vec![
+            submitted(ids[4], 2),
+            queued(ids[4]),
+            proposed(ids[4], 4, 5),
+            rejected(ids[4], "gpu_mismatch: wf/gpu-4 is an A100", false),
+        ],
+        // Preempted, requeued and placed again on the GPUs the whole run freed.
+        vec![
+            submitted(ids[5], 2),
+            queued(ids[5]),
+            proposed(ids[5], 6, 7),
+            scheduled(ids[5], 6, 7),
+            started(ids[5]),
+            Event::WorkloadPreempted(WorkloadPreempted {
+                workload_id: ids[5],
+                for_workload_id: ids[2],
+                reason: "test".into(),
+            }),
+            Event::WorkloadRequeued(WorkloadRequeued {
+                workload_id: ids[5],
+                resume_progress: 0.3,
+                reason: "preempted".into(),
+            }),
+            proposed(ids[5], 0, 1),
+            scheduled(ids[5], 0, 1),
+        ],
+        // Cancelled in the queue: the router's classification finds the stream moved on.
+        vec![
+            submitted(ids[6], 2),
+            Event::WorkloadCancelled(WorkloadCancelled {
+                workload_id: ids[6],
+                requested_by: "acme".into(),
+            }),
+        ],
+    ];
+    // The same envelopes (ids, times) in both databases.
+    let mut envelopes: Vec<Vec<Envelope>> = Vec::new();
+    for (id, events) in ids.iter().zip(&streams) {
+        let mut prev: Option<Envelope> = None;
+        let mut stream = Vec::new();
+        for (seq, ev) in (1..).zip(events) {
+            let mut e = Envelope::new(workload_stream(*id), "test", ev.clone());
+            if let Some(p) = &prev {
+                e = e.caused_by(p);
+            }
+            e.sequence = seq;
+            prev = Some(e.clone());
+            stream.push(e);
+        }
+        envelopes.push(stream);
+    }
+    for env in [&one, &batch] {
+        let store = EventStore::new(env.pool.clone());
+        for stream in &envelopes {
+            store
+                .append_and_commit(
+                    &stream[0].stream_id,
+                    ExpectedVersion::NoStream,
+                    stream,
+                    &Publish::to(env.topic(Topic::Workloads)),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    // The order a consumer might see: the registration, then the streams interleaved.
+    let mut order: Vec<&Envelope> = vec![&registered];
+    for i in 0..9 {
+        order.extend(envelopes.iter().filter_map(|s| s.get(i)));
+    }
+    let projection = |env: &TestEnv| {
+        RouterProjection::new(
+            Arc::new(config()),
+            env.topic(Topic::Workloads),
+            Arc::new(Notify::new()),
+        )
+    };
+    let p = projection(&one);
+    for e in &order {
+        let mut tx = one.pool.begin().await.unwrap();
+        p.apply(&mut tx, e).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let p = projection(&batch);
+    let mut tx = batch.pool.begin().await.unwrap();
+    p.apply_batch(&mut tx, &order).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let tables = router_tables(&batch).await;
+    assert_eq!(tables, router_tables(&one).await);
+    let row = |id: Uuid| {
+        tables
+            .iter()
+            .find(|r| r.starts_with(&id.to_string()))
+            .cloned()
+            .unwrap()
+    };
+    assert!(row(ids[0]).contains("|queued|2|"), "{}", row(ids[0]));
+    assert!(row(ids[1]).contains("|failed|2|"), "{}", row(ids[1]));
+    assert!(row(ids[2]).contains("|completed|7|"), "{}", row(ids[2]));
+    assert!(row(ids[3]).contains("|queued|6|"), "{}", row(ids[3]));
+    assert!(row(ids[4]).contains("|failed|5|"), "{}", row(ids[4]));
+    assert!(row(ids[5]).contains("|scheduled|9|"), "{}", row(ids[5]));
+    assert!(row(ids[6]).contains("|cancelled|2|"), "{}", row(ids[6]));
+    let holder = |gpu: u32| {
+        tables
+            .iter()
+            .find(|r| **r == g(gpu) || r.starts_with(&format!("{}|", g(gpu))))
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(holder(0), format!("{}|{}", g(0), ids[5]));
+    assert_eq!(holder(1), format!("{}|{}", g(1), ids[5]));
+    for free in 2..8 {
+        assert_eq!(holder(free), g(free));
+    }
+    // What the router appended: queued for the first, failed for the second and the fifth.
+    let log = EventStore::new(batch.pool.clone())
+        .read_all(0, 1000)
+        .await
+        .unwrap();
+    let appended: Vec<(String, &str)> = log
+        .iter()
+        .filter(|r| r.envelope.producer == hcp_router::PRODUCER)
+        .map(|r| {
+            (
+                r.envelope.stream_id.clone(),
+                r.envelope.event_type().as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        appended,
+        [
+            (workload_stream(ids[0]), "workload.queued"),
+            (workload_stream(ids[1]), "workload.failed"),
+            (workload_stream(ids[4]), "workload.failed"),
+        ]
+    );
+}

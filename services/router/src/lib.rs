@@ -1,7 +1,8 @@
 //! hcp-router: classifies workloads, keeps the 10-level priority queue and proposes gang
 //! placements (with preemption) to the resource-manager (ADR 0004, steps 2, 3 and 7).
 //!
-//! - [`projection`]: the `router` projection over `workloads` + `resources`; classifies each
+//! - [`projection`]: the `router` projection over `workloads` + `resources` (its workload
+//!   events folded set-based, a batch at a time, in `fold`); classifies each
 //!   submission in the consumer's transaction (`workload.queued` or `workload.failed`),
 //!   tracks workers, GPUs and holdings, feeds the circuit breakers, and fails workloads whose
 //!   placement was refused too often;
@@ -11,6 +12,7 @@
 //! The scheduling rules themselves are pure and live in `hcp-domain`.
 
 pub mod config;
+mod fold;
 pub mod metrics;
 pub mod placer;
 pub mod projection;

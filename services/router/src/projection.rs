@@ -3,27 +3,21 @@
 //! event: `workload.queued` or `workload.failed` for a submission, and `workload.failed` when
 //! placement was refused for good. Effects, new events, outbox rows and consumer offsets
 //! commit together, so a crash either did all of it or none.
+//!
+//! Workload events are folded set-based by [`crate::fold`], a whole run of them at once (one
+//! event on the one-by-one path); worker registrations and losses end a run and are applied
+//! on their own, so every event sees the tables as its predecessors left them.
 
 use std::sync::Arc;
 
 use hcp_db::sqlx::PgConnection;
-use hcp_db::{ApplyError, EventStore, ExpectedVersion, Projection, Publish, StoreError};
+use hcp_db::{ApplyError, Projection, Publish};
 use hcp_domain::breaker::Breaker;
-use hcp_domain::classify::classify;
-use hcp_domain::placement::{feasible_ever, PlacementRequest};
-use hcp_domain::{transition, WorkloadState};
-use hcp_events::payload::{
-    WorkloadFailed, WorkloadPlacementRejected, WorkloadQueued, WorkloadSubmitted,
-};
-use hcp_events::{workload_stream, Envelope, Event};
-use time::OffsetDateTime;
+use hcp_events::{Envelope, Event};
 use tokio::sync::Notify;
-use uuid::Uuid;
 
 use crate::config::RouterConfig;
-use crate::metrics::{self as m, Rejection};
-use crate::repo::{self, Step};
-use crate::PRODUCER;
+use crate::repo;
 
 /// The router's projection.
 #[derive(Debug, Clone)]
@@ -32,6 +26,30 @@ pub struct RouterProjection {
     config: Arc<RouterConfig>,
     workloads_topic: String,
     wake: Arc<Notify>,
+}
+
+/// How an event takes part in the projection.
+enum Role {
+    /// A `workload.*` event: folded with its neighbours.
+    Workload,
+    /// A worker registration or loss: applied on its own.
+    Worker,
+    /// Not a fact the router keeps.
+    Ignored,
+}
+
+fn role(e: &Envelope) -> Role {
+    match &e.payload {
+        Event::WorkerRegistered(_) | Event::WorkerLost(_) => Role::Worker,
+        // Worker reports and commands do not travel on these topics; they are not facts
+        // about a workload's state.
+        Event::RunReported(_) | Event::DeviceCommand(_) | Event::WorkerHeartbeat(_) => {
+            Role::Ignored
+        }
+        Event::WorkloadSubmitted(_) => Role::Workload,
+        payload if payload.workload_id().is_some() => Role::Workload,
+        _ => Role::Ignored,
+    }
 }
 
 impl RouterProjection {
@@ -51,215 +69,26 @@ impl RouterProjection {
         Publish::to(self.workloads_topic.clone()).with_trace(traceparent, tracestate)
     }
 
-    /// Appends one event caused by `cause` to its workload stream at `expected`. A version
-    /// conflict (the stream moved on: cancelled, or another router got there first) is not an
-    /// error: `Ok(None)`. Returns the new version and the appended event's id.
-    async fn append(
-        &self,
-        tx: &mut PgConnection,
-        cause: &Envelope,
-        expected: i64,
-        event: Event,
-    ) -> Result<Option<(i64, Uuid)>, ApplyError> {
-        let envelope = Envelope::new(cause.stream_id.clone(), PRODUCER, event).caused_by(cause);
-        let event_id = envelope.event_id;
-        match EventStore::append(
-            tx,
-            &cause.stream_id,
-            ExpectedVersion::Exact(expected),
-            &[envelope],
-            &self.publish(),
-        )
-        .await
-        {
-            Ok(out) => Ok(Some((out.new_version, event_id))),
-            Err(StoreError::ConcurrencyConflict { actual, .. }) => {
-                tracing::debug!(
-                    stream_id = %cause.stream_id, expected, actual,
-                    "stream moved on; not appending"
-                );
-                Ok(None)
-            }
-            Err(StoreError::Database(e)) => Err(ApplyError::Database(e)),
-            Err(e) => Err(ApplyError::Transient(e.to_string())),
-        }
+    async fn fold(&self, tx: &mut PgConnection, run: &[&Envelope]) -> Result<(), ApplyError> {
+        crate::fold::apply_workload_events(&self.config, &self.publish(), tx, run).await
     }
 
-    #[tracing::instrument(skip_all, fields(workload_id = %p.workload_id))]
-    async fn on_submitted(
+    async fn apply_worker_event(
         &self,
         tx: &mut PgConnection,
         e: &Envelope,
-        p: &WorkloadSubmitted,
     ) -> Result<(), ApplyError> {
-        if e.stream_id != workload_stream(p.workload_id) {
-            return Err(ApplyError::Poison(format!(
-                "workload.submitted for {} on stream {}",
-                p.workload_id, e.stream_id
-            )));
-        }
-        if !repo::insert_submitted(tx, e, p).await? {
-            return Ok(());
-        }
-        let class = classify(p);
-        let request = PlacementRequest {
-            gpu_count: p.gpu_count,
-            gpu_type: p.gpu_type.clone(),
-            min_memory_mib: u64::from(p.gpu_memory_gib.unwrap_or(0)) * 1024,
-        };
-        let fleet = repo::fleet_shape(tx).await?;
-        match feasible_ever(&request, &fleet) {
-            Ok(()) => {
-                let queued = Event::WorkloadQueued(WorkloadQueued {
-                    workload_id: p.workload_id,
-                    kind: class.kind,
-                    priority: class.priority,
-                    interruptible: class.interruptible,
-                    reason: class.reason.clone(),
-                });
-                if let Some((version, event_id)) = self.append(tx, e, e.sequence, queued).await? {
-                    let step = Step {
-                        version,
-                        event_id,
-                        ..Step::of(e, p.workload_id, WorkloadState::Queued)
-                    };
-                    repo::classify_as(tx, &step, &class).await?;
-                    let waited = (OffsetDateTime::now_utc() - e.occurred_at).as_seconds_f64();
-                    metrics::histogram!(m::SUBMIT_TO_QUEUED).record(waited.max(0.0));
-                    tracing::debug!(priority = class.priority, reason = %class.reason, "queued");
-                }
-            }
-            Err(infeasible) => {
-                let failed = Event::WorkloadFailed(WorkloadFailed {
-                    workload_id: p.workload_id,
-                    reason: infeasible.0.clone(),
-                });
-                if let Some((version, event_id)) = self.append(tx, e, e.sequence, failed).await? {
-                    let step = Step {
-                        version,
-                        event_id,
-                        ..Step::of(e, p.workload_id, WorkloadState::Failed)
-                    };
-                    repo::end(tx, &step, Some(&infeasible.0)).await?;
-                    m::rejected(Rejection::Infeasible);
-                    tracing::info!(reason = %infeasible, "refused: no worker could ever hold it");
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn on_rejected(
-        &self,
-        tx: &mut PgConnection,
-        e: &Envelope,
-        row: &repo::LiveRow,
-        step: &Step,
-        p: &WorkloadPlacementRejected,
-    ) -> Result<(), ApplyError> {
-        let cause = RejectionCause::of(&p.reason);
-        if cause == RejectionCause::Race {
-            // The resource-manager saw a GPU held that this router's view had already freed (a
-            // release it has not consumed yet): nobody's fault, so no attempt is spent and no
-            // breaker moves. Try again shortly; the view catches up.
-            m::rejected(Rejection::PlacementRetryable);
-            let next = e.occurred_at + self.config.backoff(1);
-            repo::record_rejection(tx, step, row.attempts, Some(next), &p.reason).await?;
-            return Ok(());
-        }
-        let attempts = row.attempts.saturating_add(1);
-        if cause == RejectionCause::Worker {
-            let policy = self.config.breaker;
-            let at = e.occurred_at;
-            repo::update_breaker(tx, &p.worker_id, |b: &mut Breaker| {
-                b.record_failure(at, &policy)
-            })
-            .await?;
-        }
-        let give_up = if !p.retryable {
-            m::rejected(Rejection::PlacementFinal);
-            Some(format!(
-                "placement on {} was refused: {}",
-                p.worker_id, p.reason
-            ))
-        } else if attempts >= self.config.max_attempts {
-            m::rejected(Rejection::MaxAttempts);
-            Some(format!(
-                "placement failed after {attempts} attempts; last: {} refused it: {}",
-                p.worker_id, p.reason
-            ))
-        } else {
-            m::rejected(Rejection::PlacementRetryable);
-            None
-        };
-        if let Some(reason) = give_up {
-            let failed = Event::WorkloadFailed(WorkloadFailed {
-                workload_id: step.workload_id,
-                reason: reason.clone(),
-            });
-            if let Some((version, event_id)) = self.append(tx, e, e.sequence, failed).await? {
-                repo::record_rejection(tx, step, attempts, None, &p.reason).await?;
-                let end = Step {
-                    version,
-                    event_id,
-                    state: WorkloadState::Failed,
-                    ..*step
-                };
-                repo::end(tx, &end, Some(&reason)).await?;
-                return Ok(());
-            }
-        }
-        let next = e.occurred_at + self.config.backoff(attempts);
-        repo::record_rejection(tx, step, attempts, Some(next), &p.reason).await?;
-        Ok(())
-    }
-
-    async fn on_workload_event(
-        &self,
-        tx: &mut PgConnection,
-        e: &Envelope,
-        workload_id: Uuid,
-    ) -> Result<(), ApplyError> {
-        let Some(row) = repo::lock_workload(tx, workload_id).await? else {
-            // Never submitted while we were watching, or ended and purged: nothing to track.
-            return Ok(());
-        };
-        if e.sequence <= row.last_version {
-            // Already reflected (an event the router appended itself).
-            return Ok(());
-        }
-        let to = transition(Some(row.state), &e.payload)
-            .map_err(|err| ApplyError::Poison(format!("workload {workload_id}: {err}")))?;
-        let step = Step::of(e, workload_id, to);
         match &e.payload {
-            Event::WorkloadQueued(p) => {
-                repo::classify(tx, &step, p.kind, p.priority, p.interruptible).await?
+            Event::WorkerRegistered(p) => repo::register_worker(tx, p, e.occurred_at).await?,
+            Event::WorkerLost(p) => {
+                repo::mark_lost(tx, &p.worker_id, e.occurred_at).await?;
+                let (at, policy) = (e.occurred_at, self.config.breaker);
+                repo::update_breaker(tx, &p.worker_id, |b: &mut Breaker| {
+                    b.record_failure(at, &policy)
+                })
+                .await?;
             }
-            Event::WorkloadPlacementRejected(p) => self.on_rejected(tx, e, &row, &step, p).await?,
-            Event::WorkloadPlacementProposed(p) => {
-                repo::mark_proposed(tx, &step, &p.worker_id, &p.gpu_ids).await?
-            }
-            Event::WorkloadScheduled(p) => {
-                repo::assign(tx, &step, &p.worker_id, &p.gpu_ids).await?;
-                repo::update_breaker(tx, &p.worker_id, Breaker::record_success).await?;
-            }
-            Event::WorkloadStarted(_) => repo::mark_progress(tx, &step, None).await?,
-            Event::WorkloadCheckpointed(p) => {
-                repo::mark_progress(tx, &step, Some(p.progress)).await?
-            }
-            Event::WorkloadPreempted(p) => {
-                repo::mark_preempted(tx, &step, p.for_workload_id).await?
-            }
-            Event::WorkloadRequeued(p) => repo::requeue(tx, &step, p.resume_progress).await?,
-            Event::WorkloadCompleted(_) => {
-                repo::end(tx, &step, None).await?;
-                if let Some(w) = &row.worker_id {
-                    repo::update_breaker(tx, w, Breaker::record_success).await?;
-                }
-            }
-            Event::WorkloadFailed(p) => repo::end(tx, &step, Some(&p.reason)).await?,
-            Event::WorkloadCancelled(_) => repo::end(tx, &step, None).await?,
-            _ => repo::advance(tx, &step).await?,
+            _ => {}
         }
         Ok(())
     }
@@ -271,28 +100,39 @@ impl Projection for RouterProjection {
     }
 
     async fn apply(&self, tx: &mut PgConnection, e: &Envelope) -> Result<(), ApplyError> {
-        match &e.payload {
-            Event::WorkloadSubmitted(p) => self.on_submitted(tx, e, p).await?,
-            Event::WorkerRegistered(p) => repo::register_worker(tx, p, e.occurred_at).await?,
-            Event::WorkerLost(p) => {
-                repo::mark_lost(tx, &p.worker_id, e.occurred_at).await?;
-                let (at, policy) = (e.occurred_at, self.config.breaker);
-                repo::update_breaker(tx, &p.worker_id, |b: &mut Breaker| {
-                    b.record_failure(at, &policy)
-                })
-                .await?;
-            }
-            // Worker reports and commands do not travel on these topics; they are not facts
-            // about a workload's state.
-            Event::RunReported(_) | Event::DeviceCommand(_) | Event::WorkerHeartbeat(_) => {}
-            payload => {
-                if let Some(id) = payload.workload_id() {
-                    self.on_workload_event(tx, e, id).await?;
-                }
-            }
+        match role(e) {
+            Role::Workload => self.fold(tx, &[e]).await?,
+            Role::Worker => self.apply_worker_event(tx, e).await?,
+            Role::Ignored => {}
         }
         self.wake.notify_one();
         Ok(())
+    }
+
+    async fn apply_batch(
+        &self,
+        tx: &mut PgConnection,
+        events: &[&Envelope],
+    ) -> Result<(), ApplyError> {
+        let mut run: Vec<&Envelope> = Vec::with_capacity(events.len());
+        for &e in events {
+            match role(e) {
+                Role::Workload => run.push(e),
+                Role::Worker => {
+                    self.fold(tx, &run).await?;
+                    run.clear();
+                    self.apply_worker_event(tx, e).await?;
+                }
+                Role::Ignored => {}
+            }
+        }
+        self.fold(tx, &run).await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    fn batches(&self) -> bool {
+        true
     }
 
     async fn reset(&self, tx: &mut PgConnection) -> Result<(), hcp_db::sqlx::Error> {
