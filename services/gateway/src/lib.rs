@@ -80,7 +80,7 @@ async fn build_bound(
             .context("REST server failed")
     });
     ctx.spawn_consumer(WorkloadBoard::new(), &[Topic::Workloads])?;
-    ctx.spawn_consumer(ResourceBoard::new(), &[Topic::Resources, Topic::Workloads])?;
+    ctx.spawn_consumer(ResourceBoard::new(), &[Topic::Resources])?;
     ctx.spawn_consumer(MarketPrices::new(), &[Topic::Market])?;
     ctx.spawn_consumer(DecisionBoard::new(), &[Topic::Decisions])?;
     let intake = intake::Intake::new(

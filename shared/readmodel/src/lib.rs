@@ -3,7 +3,8 @@
 //! results. Their queries live next to them, so that readers never spell a table twice.
 //!
 //! - [`board`]: one row per workload ([`WorkloadBoard`], table `workload_board`);
-//! - [`resources`]: workers, GPUs and allocations ([`ResourceBoard`], tables `gateway_*`);
+//! - [`resources`]: workers, GPUs and allocations ([`ResourceBoard`], tables `gateway_*`, the
+//!   allocations a view over the board);
 //! - [`market`]: observed prices ([`MarketPrices`], table `market_prices`);
 //! - [`decisions`]: optimizer decisions and confirmations ([`DecisionBoard`], table
 //!   `decision_board`).

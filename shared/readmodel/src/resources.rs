@@ -1,7 +1,7 @@
 //! The fleet as the gateway shows it: workers and their GPUs from `worker.registered` and
-//! `worker.lost` (topic `resources`), and which GPUs are allocated from `workload.scheduled` and
-//! the events that release them (`completed`, `failed`, `cancelled`, `requeued`, topic
-//! `workloads`). Tables `gateway_workers`, `gateway_gpus`, `gateway_allocations`.
+//! `worker.lost` (topic `resources`; tables `gateway_workers`, `gateway_gpus`), and which GPUs
+//! are allocated from the workload board (the view `gateway_allocations` over the rows of
+//! workloads holding GPUs; migration 0010), so this projection reads no `workloads` event.
 //!
 //! Allocations are keyed by GPU id and kept apart from the inventory, so the two topics may
 //! arrive in any order: a GPU allocated before its worker registered shows up allocated as soon
@@ -132,40 +132,12 @@ impl Projection for ResourceBoard {
                 .execute(&mut *tx)
                 .await?;
             }
-            Event::WorkloadScheduled(p) => {
-                sqlx::query(
-                    "INSERT INTO gateway_allocations (gpu_id, workload_id, worker_id, allocated_at) \
-                     SELECT unnest($1::text[]), $2, $3, $4 \
-                     ON CONFLICT (gpu_id) DO UPDATE SET workload_id = EXCLUDED.workload_id, \
-                         worker_id = EXCLUDED.worker_id, allocated_at = EXCLUDED.allocated_at",
-                )
-                .bind(&p.gpu_ids)
-                .bind(p.workload_id)
-                .bind(&p.worker_id)
-                .bind(e.occurred_at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            Event::WorkloadCompleted(_)
-            | Event::WorkloadFailed(_)
-            | Event::WorkloadCancelled(_)
-            | Event::WorkloadRequeued(_) => {
-                if let Some(id) = e.payload.workload_id() {
-                    sqlx::query("DELETE FROM gateway_allocations WHERE workload_id = $1")
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
             _ => {}
         }
         Ok(())
     }
 
     async fn reset(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM gateway_allocations")
-            .execute(&mut *tx)
-            .await?;
         sqlx::query("DELETE FROM gateway_gpus")
             .execute(&mut *tx)
             .await?;
