@@ -54,7 +54,7 @@ fn role(e: &Envelope) -> Role {
 
 impl RouterProjection {
     /// The projection under its standard consumer name, appending to `workloads_topic` and
-    /// waking the placement loop through `wake` after each event.
+    /// waking the placement loop through `wake` after each committed batch.
     pub fn new(config: Arc<RouterConfig>, workloads_topic: String, wake: Arc<Notify>) -> Self {
         Self {
             name: "router".into(),
@@ -105,7 +105,6 @@ impl Projection for RouterProjection {
             Role::Worker => self.apply_worker_event(tx, e).await?,
             Role::Ignored => {}
         }
-        self.wake.notify_one();
         Ok(())
     }
 
@@ -126,13 +125,17 @@ impl Projection for RouterProjection {
                 Role::Ignored => {}
             }
         }
-        self.fold(tx, &run).await?;
-        self.wake.notify_one();
-        Ok(())
+        self.fold(tx, &run).await
     }
 
     fn batches(&self) -> bool {
         true
+    }
+
+    /// The placement loop reads the tables in its own snapshot: it is woken once they are
+    /// committed.
+    fn committed(&self) {
+        self.wake.notify_one();
     }
 
     async fn reset(&self, tx: &mut PgConnection) -> Result<(), hcp_db::sqlx::Error> {

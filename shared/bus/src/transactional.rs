@@ -114,7 +114,8 @@ pub struct ConsumerSettings {
     pub dead_letter_topic: String,
     /// Most messages per transaction.
     pub max_batch: usize,
-    /// How long to keep gathering a batch after its first message.
+    /// How long to keep gathering a batch once more than one message was waiting (a lone
+    /// message is applied at once).
     pub batch_linger: Duration,
     /// Wait before retrying a failed batch.
     pub retry_backoff: Duration,
@@ -230,11 +231,22 @@ impl<P: Projection> TransactionalConsumer<P> {
                 }
             };
             let mut batch = vec![first];
-            let deadline = tokio::time::Instant::now() + self.settings.batch_linger;
+            // What the last fetch already brought, without waiting.
             while batch.len() < self.settings.max_batch {
-                match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
                     Ok(Ok(m)) => batch.push(m.detach()),
                     _ => break,
+                }
+            }
+            // Under load (more than one message was waiting), linger for the next fetches: one
+            // transaction for more messages. A lone message goes in at once.
+            if batch.len() > 1 {
+                let deadline = tokio::time::Instant::now() + self.settings.batch_linger;
+                while batch.len() < self.settings.max_batch {
+                    match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                        Ok(Ok(m)) => batch.push(m.detach()),
+                        _ => break,
+                    }
                 }
             }
             let batch = self.seek_fresh_partitions(batch).await;
@@ -515,6 +527,7 @@ impl<P: Projection> TransactionalConsumer<P> {
             stats.dead = dead.len() as u64;
         }
         tx.commit().await?;
+        self.projection.committed();
         Ok(stats)
     }
 

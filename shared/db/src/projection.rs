@@ -65,6 +65,11 @@ pub trait Projection: Send + Sync {
         false
     }
 
+    /// Called by the consumer after the transaction that applied a batch committed: the place
+    /// to wake whoever reads what the projection wrote (a notification sent from `apply` may
+    /// arrive before the commit and find nothing new).
+    fn committed(&self) {}
+
     /// Deletes everything this projection wrote (before a rebuild).
     fn reset<'a>(
         &'a self,
