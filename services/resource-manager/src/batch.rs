@@ -22,25 +22,22 @@
 
 use std::collections::{HashMap, HashSet};
 
+use hcp_allocation::{place, Outcome, Request, RequestKind, Sink, Skip};
 use hcp_db::sqlx::PgConnection;
 use hcp_db::store::read_streams_on;
 use hcp_db::{ApplyError, EventStore, ExpectedVersion, Projection, StreamAppend};
 use hcp_domain::WorkloadState;
-use hcp_events::payload::{
-    CommandAction, DeviceCommand, RunReported, WorkloadPlacementProposed,
-    WorkloadPlacementRejected, WorkloadScheduled,
-};
-use hcp_events::{command_stream, report_stream, workload_stream, Envelope, Event};
+use hcp_events::payload::{RunReported, WorkloadPlacementProposed};
+use hcp_events::{report_stream, workload_stream, Envelope, Event};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::domain::{
-    check_placement, decide_report, Holder, RejectReason, Rejection, ReportDecision, RequeueKind,
-    WorkloadView,
-};
+use crate::domain::{decide_report, RejectReason, ReportDecision, RequeueKind, WorkloadView};
 use crate::metrics as m;
-use crate::projection::{envelope, publish, store_error, Cause, ResourceManager};
-use crate::repo::{self, NewRun, RunUpdate, WorkerRow};
+use crate::projection::{
+    envelope, place_error, publish, store_error, Cause, ResourceManager, MAX_ATTEMPTS, PRODUCER,
+};
+use crate::repo::{self, RunUpdate};
 
 /// Proposals and reports waiting to be answered together.
 #[derive(Debug, Default)]
@@ -90,35 +87,6 @@ impl<'a> Group<'a> {
         self.streams.insert(&e.stream_id);
         self.workloads.insert(workload, &e.stream_id);
         Ok(true)
-    }
-}
-
-/// A proposal's answer, decided in memory.
-enum Answer<'a> {
-    Schedule {
-        e: &'a Envelope,
-        p: &'a WorkloadPlacementProposed,
-        view: WorkloadView,
-    },
-    Reject {
-        e: &'a Envelope,
-        p: &'a WorkloadPlacementProposed,
-        view: WorkloadView,
-        rejection: Rejection,
-    },
-}
-
-impl<'a> Answer<'a> {
-    fn proposal(&self) -> (&'a Envelope, &'a WorkloadPlacementProposed) {
-        match self {
-            Self::Schedule { e, p, .. } | Self::Reject { e, p, .. } => (e, p),
-        }
-    }
-
-    fn view(&self) -> &WorkloadView {
-        match self {
-            Self::Schedule { view, .. } | Self::Reject { view, .. } => view,
-        }
     }
 }
 
@@ -202,10 +170,8 @@ impl ResourceManager {
             proposals, reports, ..
         } = std::mem::take(group);
         // Alone, the one-by-one path costs fewer statements.
-        match proposals.as_slice() {
-            [] => {}
-            [(e, p)] => self.on_proposed(tx, e, p).await?,
-            _ => self.answer_proposals(tx, &proposals).await?,
+        if !proposals.is_empty() {
+            self.answer_proposals(tx, &proposals).await?;
         }
         match reports.as_slice() {
             [] => {}
@@ -215,9 +181,10 @@ impl ResourceManager {
         Ok(())
     }
 
-    /// Answers many proposals (of distinct workloads) at once.
+    /// Answers proposals (of distinct workloads) through the allocation ledger, set-based;
+    /// the ones whose stream moved meanwhile are answered again, up to [`MAX_ATTEMPTS`] times.
     #[tracing::instrument(skip_all, fields(proposals = proposals.len()))]
-    async fn answer_proposals(
+    pub(crate) async fn answer_proposals(
         &self,
         tx: &mut PgConnection,
         proposals: &[(&Envelope, &WorkloadPlacementProposed)],
@@ -230,262 +197,82 @@ impl ResourceManager {
                 )));
             }
         }
-        let mut worker_ids: Vec<String> =
-            proposals.iter().map(|(_, p)| p.worker_id.clone()).collect();
-        worker_ids.sort_unstable();
-        worker_ids.dedup();
-        // The pool locks come first: from here to commit nobody else changes these pools.
-        let before = repo::workers(tx, &worker_ids).await?;
-        repo::lock_pools(tx, before.values().map(|w| w.site.as_str())).await?;
-        let workers = repo::workers(tx, &worker_ids).await?;
-        let gpu_ids: Vec<String> = proposals
-            .iter()
-            .flat_map(|(_, p)| p.gpu_ids.iter().cloned())
-            .collect();
-        let mut held: HashMap<String, Uuid> = repo::holders(tx, &gpu_ids)
-            .await?
-            .into_iter()
-            .map(|h| (h.gpu_id, h.workload_id))
-            .collect();
-        let stream_ids: Vec<String> = proposals.iter().map(|(e, _)| e.stream_id.clone()).collect();
-        let streams = read_streams_on(tx, &stream_ids)
-            .await
-            .map_err(store_error)?;
-
-        let mut answers: Vec<Answer<'_>> = Vec::with_capacity(proposals.len());
-        for &(e, p) in proposals {
-            let view = fold(&streams, &e.stream_id, p.workload_id)?;
-            if view.answered.contains(&e.event_id) {
-                tracing::debug!(workload_id = %p.workload_id, "proposal already answered");
-                continue;
-            }
-            if view.state != Some(WorkloadState::Queued) {
-                tracing::info!(workload_id = %p.workload_id, state = ?view.state, "proposal for a workload no longer queued");
-                metrics::counter!(m::UNANSWERABLE_PROPOSALS).increment(1);
-                continue;
-            }
-            let Some(submitted) = view.submitted.as_ref() else {
-                return Err(ApplyError::Poison(format!(
-                    "workload {} has no submission",
-                    p.workload_id
-                )));
-            };
-            if view.latest_proposal != Some(e.event_id) {
-                // The later proposal gets its own answer (see `on_proposed`).
-                metrics::counter!(m::REJECTIONS, "reason" => RejectReason::Superseded.as_str())
-                    .increment(1);
-                continue;
-            }
-            let holders: Vec<Holder> = p
-                .gpu_ids
+        let (workloads, commands) = (
+            publish(&self.topics.workloads),
+            publish(&self.topics.commands),
+        );
+        let sink = Sink {
+            producer: PRODUCER,
+            workloads: &workloads,
+            commands: &commands,
+        };
+        let mut todo: Vec<(&Envelope, &WorkloadPlacementProposed)> = proposals.to_vec();
+        for _ in 0..MAX_ATTEMPTS {
+            let requests: Vec<Request<'_>> = todo
                 .iter()
-                .filter_map(|g| {
-                    held.get(g).map(|w| Holder {
-                        gpu_id: g.clone(),
-                        workload_id: *w,
-                    })
+                .map(|(e, p)| Request {
+                    workload_id: p.workload_id,
+                    worker_id: &p.worker_id,
+                    gpu_ids: &p.gpu_ids,
+                    cause: hcp_allocation::Cause {
+                        event_id: e.event_id,
+                        correlation_id: e.correlation_id,
+                    },
+                    kind: RequestKind::Proposal(e.event_id),
                 })
                 .collect();
-            let worker = workers.get(&p.worker_id).map(WorkerRow::info);
-            match check_placement(submitted, p, worker.as_ref(), &holders) {
-                Ok(()) => {
-                    for g in &p.gpu_ids {
-                        held.insert(g.clone(), p.workload_id);
-                    }
-                    answers.push(Answer::Schedule { e, p, view });
-                }
-                Err(rejection) => answers.push(Answer::Reject {
-                    e,
-                    p,
-                    view,
-                    rejection,
-                }),
-            }
-        }
-
-        // The allocations, with the unique index as the backstop.
-        let rows: Vec<(Uuid, &str, &str)> = answers
-            .iter()
-            .filter_map(|a| match a {
-                Answer::Schedule { p, .. } => Some(p),
-                Answer::Reject { .. } => None,
-            })
-            .flat_map(|p| {
-                p.gpu_ids
-                    .iter()
-                    .map(|g| (p.workload_id, p.worker_id.as_str(), g.as_str()))
-            })
-            .collect();
-        if !rows.is_empty() {
-            let inserted = repo::allocate_many(tx, &rows).await?;
-            let mut refused = Vec::new();
-            for a in &mut answers {
-                if let Answer::Schedule { e, p, view } = a {
-                    if inserted.get(&p.workload_id).copied().unwrap_or(0) != p.gpu_ids.len() {
-                        tracing::error!(
-                            gpus = ?p.gpu_ids,
-                            "allocation backstop refused a GPU that the pool-locked check saw free"
+            let outcomes = place(tx, &requests, sink).await.map_err(place_error)?;
+            let mut again = Vec::new();
+            for (&(e, p), outcome) in todo.iter().zip(outcomes) {
+                let id = p.workload_id;
+                match outcome {
+                    Outcome::Scheduled { .. } => {
+                        metrics::counter!(m::ALLOCATIONS).increment(1);
+                        metrics::histogram!(m::PROPOSE_TO_SCHEDULED).record(
+                            (OffsetDateTime::now_utc() - e.occurred_at)
+                                .as_seconds_f64()
+                                .max(0.0),
                         );
-                        refused.push(p.workload_id);
-                        *a = Answer::Reject {
-                            e,
-                            p,
-                            view: std::mem::take(view),
-                            rejection: Rejection {
-                                reason: RejectReason::GpuHeld,
-                                detail: "a GPU of the proposal is already allocated".into(),
-                            },
-                        };
+                        tracing::info!(workload_id = %id, worker_id = %p.worker_id, gpus = ?p.gpu_ids, "workload scheduled");
                     }
+                    Outcome::Rejected {
+                        rejection,
+                        retryable,
+                        ..
+                    } => {
+                        metrics::counter!(m::REJECTIONS, "reason" => rejection.reason.as_str())
+                            .increment(1);
+                        tracing::info!(workload_id = %id, reason = %rejection.detail, retryable, "placement rejected");
+                    }
+                    Outcome::Skipped(Skip::AlreadyAnswered) => {
+                        tracing::debug!(workload_id = %id, "proposal already answered");
+                    }
+                    Outcome::Skipped(Skip::NotQueued(state)) => {
+                        // Cancelled or failed after the proposal: that event is the answer.
+                        tracing::info!(workload_id = %id, ?state, "proposal for a workload no longer queued");
+                        metrics::counter!(m::UNANSWERABLE_PROPOSALS).increment(1);
+                    }
+                    Outcome::Skipped(Skip::Superseded) => {
+                        // The later proposal gets its own answer; answering this one too would
+                        // only make the router count a failure that is nobody's fault.
+                        metrics::counter!(m::REJECTIONS, "reason" => RejectReason::Superseded.as_str())
+                            .increment(1);
+                        tracing::info!(workload_id = %id, "superseded proposal left unanswered");
+                    }
+                    Outcome::Skipped(Skip::Moved { .. }) => {}
+                    Outcome::Skipped(Skip::Broken(why)) => return Err(ApplyError::Poison(why)),
+                    Outcome::Conflict => again.push((e, p)),
                 }
             }
-            repo::undo_allocations(tx, &refused).await?;
-        }
-
-        // The answers on the workload streams, each at the version its decision saw.
-        let mut retryable: HashMap<Uuid, bool> = HashMap::new();
-        let mut fleet: Option<Vec<WorkerRow>> = None;
-        let mut answer_events: Vec<[Envelope; 1]> = Vec::with_capacity(answers.len());
-        for a in &answers {
-            let (e, p) = a.proposal();
-            let event = match a {
-                Answer::Schedule { .. } => Event::WorkloadScheduled(WorkloadScheduled {
-                    workload_id: p.workload_id,
-                    worker_id: p.worker_id.clone(),
-                    gpu_ids: p.gpu_ids.clone(),
-                }),
-                Answer::Reject {
-                    view, rejection, ..
-                } => {
-                    let fleet = match &mut fleet {
-                        Some(f) => f,
-                        None => fleet.insert(repo::all_workers(tx).await?),
-                    };
-                    let fits = view
-                        .submitted
-                        .as_ref()
-                        .is_none_or(|s| repo::could_fit(fleet, s));
-                    retryable.insert(p.workload_id, fits);
-                    Event::WorkloadPlacementRejected(WorkloadPlacementRejected {
-                        workload_id: p.workload_id,
-                        worker_id: p.worker_id.clone(),
-                        reason: format!("{}: {}", rejection.reason.as_str(), rejection.detail),
-                        retryable: fits,
-                    })
-                }
-            };
-            answer_events.push([envelope(&e.stream_id, event, Cause::of(e))]);
-        }
-        let workloads_topic = publish(&self.topics.workloads);
-        let appends: Vec<StreamAppend<'_>> = answers
-            .iter()
-            .zip(&answer_events)
-            .map(|(a, events)| StreamAppend {
-                stream_id: &a.proposal().0.stream_id,
-                expected: ExpectedVersion::Exact(a.view().version),
-                events,
-                publish: &workloads_topic,
-            })
-            .collect();
-        let results = EventStore::append_batch(tx, &appends)
-            .await
-            .map_err(store_error)?;
-
-        // Whatever moved meanwhile is answered again one by one, after the rest.
-        let mut again: Vec<(&Envelope, &WorkloadPlacementProposed)> = Vec::new();
-        let mut undo: Vec<Uuid> = Vec::new();
-        let mut commands: HashMap<&str, Vec<Envelope>> = HashMap::new();
-        let mut runs: Vec<NewRun<'_>> = Vec::new();
-        for (a, result) in answers.iter().zip(results) {
-            let (e, p) = a.proposal();
-            let version = match result {
-                Ok(out) => out.new_version,
-                Err(hcp_db::StoreError::ConcurrencyConflict { .. }) => {
-                    if matches!(a, Answer::Schedule { .. }) {
-                        undo.push(p.workload_id);
-                    }
-                    again.push((e, p));
-                    continue;
-                }
-                Err(other) => return Err(store_error(other)),
-            };
-            match a {
-                Answer::Schedule { view, .. } => {
-                    let Some(submitted) = view.submitted.as_ref() else {
-                        continue;
-                    };
-                    let stream = command_stream(&p.worker_id);
-                    let cmd = envelope(
-                        &stream,
-                        Event::DeviceCommand(DeviceCommand {
-                            command_id: Uuid::now_v7(),
-                            worker_id: p.worker_id.clone(),
-                            workload_id: p.workload_id,
-                            action: CommandAction::Start {
-                                model: submitted.model.clone(),
-                                gpu_ids: p.gpu_ids.clone(),
-                                duration_s: submitted.duration_s,
-                                resume_progress: view.last_checkpoint,
-                                input: submitted.input.clone(),
-                            },
-                        }),
-                        Cause::of(e),
-                    );
-                    commands.entry(p.worker_id.as_str()).or_default().push(cmd);
-                    runs.push(NewRun {
-                        workload_id: p.workload_id,
-                        worker_id: &p.worker_id,
-                        model: &submitted.model,
-                        duration_s: submitted.duration_s,
-                        checkpoint_progress: view.last_checkpoint,
-                        stream_version: version,
-                    });
-                    metrics::counter!(m::ALLOCATIONS).increment(1);
-                    metrics::histogram!(m::PROPOSE_TO_SCHEDULED).record(
-                        (OffsetDateTime::now_utc() - e.occurred_at)
-                            .as_seconds_f64()
-                            .max(0.0),
-                    );
-                    tracing::info!(workload_id = %p.workload_id, worker_id = %p.worker_id, gpus = ?p.gpu_ids, "workload scheduled");
-                }
-                Answer::Reject { rejection, .. } => {
-                    metrics::counter!(m::REJECTIONS, "reason" => rejection.reason.as_str())
-                        .increment(1);
-                    tracing::info!(
-                        workload_id = %p.workload_id,
-                        reason = %rejection.detail,
-                        retryable = retryable.get(&p.workload_id).copied().unwrap_or(true),
-                        "placement rejected"
-                    );
-                }
+            if again.is_empty() {
+                return Ok(());
             }
+            todo = again;
         }
-        repo::undo_allocations(tx, &undo).await?;
-        let command_streams: Vec<(String, Vec<Envelope>)> = commands
-            .into_iter()
-            .map(|(w, c)| (command_stream(w), c))
-            .collect();
-        let commands_topic = publish(&self.topics.commands);
-        let appends: Vec<StreamAppend<'_>> = command_streams
-            .iter()
-            .map(|(stream, events)| StreamAppend {
-                stream_id: stream,
-                expected: ExpectedVersion::Any,
-                events,
-                publish: &commands_topic,
-            })
-            .collect();
-        for result in EventStore::append_batch(tx, &appends)
-            .await
-            .map_err(store_error)?
-        {
-            result.map_err(store_error)?;
-        }
-        repo::upsert_runs(tx, &runs).await?;
-        for (e, p) in again {
-            self.on_proposed(tx, e, p).await?;
-        }
-        Ok(())
+        Err(ApplyError::Transient(format!(
+            "{} proposals kept changing while answering them",
+            todo.len()
+        )))
     }
 
     /// Records many run reports at once (a workload's reports all come from one worker here,

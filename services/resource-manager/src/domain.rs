@@ -1,248 +1,22 @@
-//! The resource-manager's decisions, free of I/O: what a workload stream says, whether a
-//! proposal can be placed, what a run report means for the workload, and how a heartbeat's
-//! `running` list compares with the allocations a worker holds.
+//! The resource-manager's decisions, free of I/O: what a run report means for the workload, and
+//! how a heartbeat's `running` list compares with the allocations a worker holds. The placement
+//! check and the stream view belong to the allocation ledger (`hcp_allocation`), shared with
+//! the router, and are re-exported here.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use hcp_domain::{transition, InvalidTransition, WorkloadState};
+use hcp_domain::WorkloadState;
 use hcp_events::payload::{
     GpuSpec, RunReported, RunStatus, WorkloadCheckpointed, WorkloadCompleted, WorkloadFailed,
-    WorkloadPlacementProposed, WorkloadRequeued, WorkloadStarted, WorkloadSubmitted,
+    WorkloadRequeued, WorkloadStarted,
 };
-use hcp_events::{Envelope, Event};
+use hcp_events::Event;
 use uuid::Uuid;
 
-/// A workload stream folded into what the resource-manager needs to decide.
-#[derive(Debug, Clone, Default)]
-pub struct WorkloadView {
-    /// Current state (`None`: no stream).
-    pub state: Option<WorkloadState>,
-    /// The stream's version (its last sequence; 0 when empty).
-    pub version: i64,
-    /// The workload's correlation id (its first event's).
-    pub correlation_id: Option<Uuid>,
-    /// The submission (model, GPU count, constraints).
-    pub submitted: Option<WorkloadSubmitted>,
-    /// Progress of the last checkpoint (or the resume point of the last requeue), 0-1.
-    pub last_checkpoint: f64,
-    /// Proposals already answered (scheduled or rejected), by the proposal's event id.
-    pub answered: HashSet<Uuid>,
-    /// Event id of the latest proposal.
-    pub latest_proposal: Option<Uuid>,
-}
-
-impl WorkloadView {
-    /// Folds a stream's events, in sequence order.
-    pub fn fold<'a>(
-        events: impl IntoIterator<Item = &'a Envelope>,
-    ) -> Result<Self, InvalidTransition> {
-        let mut v = Self::default();
-        for e in events {
-            v.push(e)?;
-        }
-        Ok(v)
-    }
-
-    /// Folds one more event (the next in the stream).
-    pub fn push(&mut self, e: &Envelope) -> Result<(), InvalidTransition> {
-        self.state = Some(transition(self.state, &e.payload)?);
-        self.version = e.sequence;
-        self.correlation_id.get_or_insert(e.correlation_id);
-        match &e.payload {
-            Event::WorkloadSubmitted(s) => self.submitted = Some(s.clone()),
-            Event::WorkloadCheckpointed(c) => self.last_checkpoint = c.progress,
-            Event::WorkloadRequeued(r) => self.last_checkpoint = r.resume_progress,
-            Event::WorkloadPlacementProposed(_) => self.latest_proposal = Some(e.event_id),
-            Event::WorkloadScheduled(_) | Event::WorkloadPlacementRejected(_) => {
-                if let Some(c) = e.causation_id {
-                    self.answered.insert(c);
-                }
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
-    /// The state after `events`, or the first refusal.
-    pub fn check(&self, events: &[Event]) -> Result<WorkloadState, InvalidTransition> {
-        let mut state = self.state;
-        for e in events {
-            state = Some(transition(state, e)?);
-        }
-        state.ok_or(InvalidTransition {
-            from: WorkloadState::Queued,
-            event: "nothing",
-        })
-    }
-}
-
-/// A worker as the placement check sees it.
-#[derive(Debug, Clone)]
-pub struct WorkerInfo {
-    /// The worker.
-    pub worker_id: String,
-    /// Whether it is healthy (not lost).
-    pub healthy: bool,
-    /// Its GPUs.
-    pub gpus: Vec<GpuSpec>,
-}
-
-/// A live allocation of one GPU.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Holder {
-    /// The GPU.
-    pub gpu_id: String,
-    /// The workload holding it.
-    pub workload_id: Uuid,
-}
-
-/// Why a proposal was refused (the metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RejectReason {
-    /// A later proposal for the same workload exists.
-    Superseded,
-    /// The proposal itself is unusable (no GPUs, duplicates, wrong count).
-    BadProposal,
-    /// The worker never sent a heartbeat.
-    UnknownWorker,
-    /// The worker is lost.
-    WorkerLost,
-    /// A GPU is not on that worker.
-    UnknownGpu,
-    /// A GPU does not meet the workload's type or memory constraint.
-    GpuMismatch,
-    /// A GPU is allocated to another workload.
-    GpuHeld,
-}
-
-impl RejectReason {
-    /// Metric label.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Superseded => "superseded",
-            Self::BadProposal => "bad_proposal",
-            Self::UnknownWorker => "unknown_worker",
-            Self::WorkerLost => "worker_lost",
-            Self::UnknownGpu => "unknown_gpu",
-            Self::GpuMismatch => "gpu_mismatch",
-            Self::GpuHeld => "gpu_held",
-        }
-    }
-}
-
-/// A refused proposal: the label and the sentence the router and the customer see.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    /// Label.
-    pub reason: RejectReason,
-    /// Precise reason.
-    pub detail: String,
-}
-
-impl Rejection {
-    fn new(reason: RejectReason, detail: String) -> Self {
-        Self { reason, detail }
-    }
-}
-
-/// Whether `gpu` meets the workload's type and memory constraints.
-pub fn gpu_fits(workload: &WorkloadSubmitted, gpu: &GpuSpec) -> bool {
-    let type_ok = workload
-        .gpu_type
-        .as_deref()
-        .is_none_or(|t| t.eq_ignore_ascii_case(&gpu.model));
-    let memory_ok = workload
-        .gpu_memory_gib
-        .is_none_or(|gib| gpu.memory_mib >= u64::from(gib) * 1024);
-    type_ok && memory_ok
-}
-
-/// Checks a proposal against the worker and the live allocations of its GPUs. `Ok` means
-/// allocate.
-pub fn check_placement(
-    workload: &WorkloadSubmitted,
-    proposal: &WorkloadPlacementProposed,
-    worker: Option<&WorkerInfo>,
-    holders: &[Holder],
-) -> Result<(), Rejection> {
-    use RejectReason::*;
-    if proposal.gpu_ids.is_empty() {
-        return Err(Rejection::new(
-            BadProposal,
-            "the proposal lists no GPUs".into(),
-        ));
-    }
-    let mut seen = HashSet::new();
-    if let Some(dup) = proposal.gpu_ids.iter().find(|g| !seen.insert(g.as_str())) {
-        return Err(Rejection::new(
-            BadProposal,
-            format!("GPU {dup} is listed twice"),
-        ));
-    }
-    if proposal.gpu_ids.len() != workload.gpu_count as usize {
-        return Err(Rejection::new(
-            BadProposal,
-            format!(
-                "the proposal has {} GPUs; the workload needs {}",
-                proposal.gpu_ids.len(),
-                workload.gpu_count
-            ),
-        ));
-    }
-    let Some(worker) = worker else {
-        return Err(Rejection::new(
-            UnknownWorker,
-            format!("worker {} has never sent a heartbeat", proposal.worker_id),
-        ));
-    };
-    if !worker.healthy {
-        return Err(Rejection::new(
-            WorkerLost,
-            format!("worker {} is lost", worker.worker_id),
-        ));
-    }
-    for id in &proposal.gpu_ids {
-        let Some(gpu) = worker.gpus.iter().find(|g| &g.gpu_id == id) else {
-            return Err(Rejection::new(
-                UnknownGpu,
-                format!("GPU {id} is not on worker {}", worker.worker_id),
-            ));
-        };
-        if !gpu_fits(workload, gpu) {
-            return Err(Rejection::new(
-                GpuMismatch,
-                format!(
-                    "GPU {id} is a {} with {} MiB; the workload needs {}{}",
-                    gpu.model,
-                    gpu.memory_mib,
-                    workload.gpu_type.as_deref().unwrap_or("any model"),
-                    workload
-                        .gpu_memory_gib
-                        .map(|g| format!(" with {g} GiB"))
-                        .unwrap_or_default()
-                ),
-            ));
-        }
-    }
-    if let Some(h) = holders.first() {
-        let more = holders.len() - 1;
-        return Err(Rejection::new(
-            GpuHeld,
-            format!(
-                "GPU {} is held by workload {}{}",
-                h.gpu_id,
-                h.workload_id,
-                if more > 0 {
-                    format!(" (and {more} more GPUs are held)")
-                } else {
-                    String::new()
-                }
-            ),
-        ));
-    }
-    Ok(())
-}
+pub use hcp_allocation::{
+    check_placement, gpu_fits, Holder, RejectReason, Rejection, WorkerInfo, WorkloadView,
+};
 
 /// Why a workload went back to the queue (the metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -530,7 +304,16 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use hcp_events::payload::*;
-    use hcp_events::workload_stream;
+    use hcp_events::{workload_stream, Envelope};
+
+    fn check(
+        s: &WorkloadSubmitted,
+        p: &WorkloadPlacementProposed,
+        w: Option<&WorkerInfo>,
+        h: &[Holder],
+    ) -> Result<(), Rejection> {
+        check_placement(s, &p.worker_id, &p.gpu_ids, w, h)
+    }
 
     fn id() -> Uuid {
         Uuid::from_u128(7)
@@ -602,14 +385,14 @@ mod tests {
 
     #[test]
     fn a_free_healthy_gang_is_accepted() {
-        let r = check_placement(&submitted(2), &proposal(&[0, 1]), Some(&worker(true)), &[]);
+        let r = check(&submitted(2), &proposal(&[0, 1]), Some(&worker(true)), &[]);
         assert_eq!(r, Ok(()));
     }
 
     #[test]
     fn a_held_gpu_is_refused_naming_its_holder() {
         let holder = Uuid::from_u128(99);
-        let r = check_placement(
+        let r = check(
             &submitted(2),
             &proposal(&[0, 1]),
             Some(&worker(true)),
@@ -654,17 +437,17 @@ mod tests {
             ),
         ];
         for (p, w, want) in cases {
-            let got = check_placement(&s, &p, w.as_ref(), &[]).unwrap_err();
+            let got = check(&s, &p, w.as_ref(), &[]).unwrap_err();
             assert_eq!(got.reason, want, "{}", got.detail);
         }
         let mut picky = submitted(1);
         picky.gpu_type = Some("A100".into());
-        let got = check_placement(&picky, &proposal(&[0]), Some(&worker(true)), &[]).unwrap_err();
+        let got = check(&picky, &proposal(&[0]), Some(&worker(true)), &[]).unwrap_err();
         assert_eq!(got.reason, RejectReason::GpuMismatch);
         assert!(got.detail.contains("needs A100"), "{}", got.detail);
         let mut big = submitted(1);
         big.gpu_memory_gib = Some(141);
-        let got = check_placement(&big, &proposal(&[0]), Some(&worker(true)), &[]).unwrap_err();
+        let got = check(&big, &proposal(&[0]), Some(&worker(true)), &[]).unwrap_err();
         assert_eq!(got.reason, RejectReason::GpuMismatch);
     }
 

@@ -18,28 +18,26 @@ use hcp_db::{ApplyError, EventStore, ExpectedVersion, Projection, Publish, Store
 use hcp_domain::WorkloadState;
 use hcp_events::payload::{
     CommandAction, DeviceCommand, GpuSpec, RunReported, WorkerHeartbeat, WorkerRegistered,
-    WorkloadPlacementProposed, WorkloadPlacementRejected, WorkloadRequeued, WorkloadScheduled,
+    WorkloadPlacementProposed, WorkloadRequeued,
 };
 use hcp_events::{
     command_stream, report_stream, worker_stream, workload_stream, Envelope, Event, Topic,
 };
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::config::RmSettings;
 use crate::domain::{
-    check_placement, decide_report, inventory_changed, reconcile, RejectReason, Rejection,
-    ReportDecision, RequeueKind, WorkloadView,
+    decide_report, inventory_changed, reconcile, ReportDecision, RequeueKind, WorkloadView,
 };
 use crate::metrics as m;
-use crate::repo::{self, WorkerRow};
+use crate::repo::{self};
 
 /// The `producer` of every event the resource-manager appends.
 pub const PRODUCER: &str = "resource-manager";
 
 /// How many times a decision is taken again after a concurrent append to the same stream
 /// before the batch is retried as a whole.
-const MAX_ATTEMPTS: usize = 5;
+pub(crate) const MAX_ATTEMPTS: usize = 5;
 
 /// The concrete topics the resource-manager publishes to.
 #[derive(Debug, Clone)]
@@ -206,6 +204,13 @@ pub(crate) fn envelope(stream: &str, event: Event, cause: Cause) -> Envelope {
 pub(crate) fn publish(topic: &str) -> Publish {
     let (traceparent, tracestate) = hcp_bus::trace::current_trace_headers();
     Publish::to(topic).with_trace(traceparent, tracestate)
+}
+
+pub(crate) fn place_error(e: hcp_allocation::PlaceError) -> ApplyError {
+    match e {
+        hcp_allocation::PlaceError::Database(e) => ApplyError::Database(e),
+        hcp_allocation::PlaceError::Store(e) => store_error(e),
+    }
 }
 
 pub(crate) fn store_error(e: StoreError) -> ApplyError {
@@ -391,7 +396,8 @@ impl Projection for ResourceManager {
 
 impl ResourceManager {
     /// `workload.placement_proposed`: allocate under the pool lock and answer with
-    /// `workload.scheduled` (+ a start command) or `workload.placement_rejected`.
+    /// `workload.scheduled` (+ a start command) or `workload.placement_rejected`, through the
+    /// allocation ledger (`hcp_allocation::place`).
     #[tracing::instrument(skip_all, fields(workload_id = %p.workload_id, worker_id = %p.worker_id))]
     pub(crate) async fn on_proposed(
         &self,
@@ -399,166 +405,7 @@ impl ResourceManager {
         e: &Envelope,
         p: &WorkloadPlacementProposed,
     ) -> Result<(), ApplyError> {
-        let stream = workload_stream(p.workload_id);
-        if e.stream_id != stream {
-            return Err(ApplyError::Poison(format!(
-                "a proposal for workload {} on stream {}",
-                p.workload_id, e.stream_id
-            )));
-        }
-        // The pool lock comes first: from here to commit nobody else changes this pool.
-        if let Some(w) = repo::worker(tx, &p.worker_id, false).await? {
-            repo::lock_pool(tx, &w.site).await?;
-        }
-        let worker = repo::worker(tx, &p.worker_id, false).await?;
-        let worker_info = worker.as_ref().map(WorkerRow::info);
-        let holders = repo::holders(tx, &p.gpu_ids).await?;
-        let cause = Cause::of(e);
-        for _ in 0..MAX_ATTEMPTS {
-            let view = read_view(tx, p.workload_id).await?;
-            if view.answered.contains(&e.event_id) {
-                tracing::debug!("proposal already answered");
-                return Ok(());
-            }
-            if view.state != Some(WorkloadState::Queued) {
-                // Cancelled or failed after the proposal: that event is the answer.
-                tracing::info!(state = ?view.state, "proposal for a workload no longer queued");
-                metrics::counter!(m::UNANSWERABLE_PROPOSALS).increment(1);
-                return Ok(());
-            }
-            let Some(submitted) = view.submitted.clone() else {
-                return Err(ApplyError::Poison(format!(
-                    "workload {} has no submission",
-                    p.workload_id
-                )));
-            };
-            let mut verdict = if view.latest_proposal != Some(e.event_id) {
-                Err(Rejection {
-                    reason: RejectReason::Superseded,
-                    detail: "a later proposal for this workload superseded this one".into(),
-                })
-            } else {
-                check_placement(&submitted, p, worker_info.as_ref(), &holders)
-            };
-            if verdict.is_ok() {
-                let inserted = repo::allocate(tx, p.workload_id, &p.worker_id, &p.gpu_ids).await?;
-                if inserted != p.gpu_ids.len() {
-                    // Only reachable if something bypassed the pool lock: the unique index
-                    // held, and the proposal is refused rather than the batch failed.
-                    repo::undo_allocation(tx, p.workload_id).await?;
-                    tracing::error!(
-                        gpus = ?p.gpu_ids,
-                        "allocation backstop refused a GPU that the pool-locked check saw free"
-                    );
-                    verdict = Err(Rejection {
-                        reason: RejectReason::GpuHeld,
-                        detail: "a GPU of the proposal is already allocated".into(),
-                    });
-                }
-            }
-            match verdict {
-                Ok(()) => {
-                    let scheduled = envelope(
-                        &stream,
-                        Event::WorkloadScheduled(WorkloadScheduled {
-                            workload_id: p.workload_id,
-                            worker_id: p.worker_id.clone(),
-                            gpu_ids: p.gpu_ids.clone(),
-                        }),
-                        cause,
-                    );
-                    let Some(version) = append_exact(
-                        tx,
-                        &stream,
-                        view.version,
-                        &[scheduled],
-                        &publish(&self.topics.workloads),
-                    )
-                    .await?
-                    else {
-                        repo::undo_allocation(tx, p.workload_id).await?;
-                        continue;
-                    };
-                    send_command(
-                        tx,
-                        &self.topics,
-                        &p.worker_id,
-                        p.workload_id,
-                        CommandAction::Start {
-                            model: submitted.model.clone(),
-                            gpu_ids: p.gpu_ids.clone(),
-                            duration_s: submitted.duration_s,
-                            resume_progress: view.last_checkpoint,
-                            input: submitted.input.clone(),
-                        },
-                        cause,
-                    )
-                    .await?;
-                    repo::upsert_run(
-                        tx,
-                        p.workload_id,
-                        &p.worker_id,
-                        &submitted.model,
-                        submitted.duration_s,
-                        view.last_checkpoint,
-                        WorkloadState::Scheduled.as_str(),
-                        version,
-                    )
-                    .await?;
-                    metrics::counter!(m::ALLOCATIONS).increment(1);
-                    metrics::histogram!(m::PROPOSE_TO_SCHEDULED).record(
-                        (OffsetDateTime::now_utc() - e.occurred_at)
-                            .as_seconds_f64()
-                            .max(0.0),
-                    );
-                    tracing::info!(gpus = ?p.gpu_ids, "workload scheduled");
-                    return Ok(());
-                }
-                Err(rejection) if rejection.reason == RejectReason::Superseded => {
-                    // The later proposal gets its own answer; answering this one too would
-                    // only make the router count a failure that is nobody's fault.
-                    metrics::counter!(m::REJECTIONS, "reason" => rejection.reason.as_str())
-                        .increment(1);
-                    tracing::info!(reason = %rejection.detail, "superseded proposal left unanswered");
-                    return Ok(());
-                }
-                Err(rejection) => {
-                    let retryable = repo::fleet_could_fit(tx, &submitted).await?;
-                    let rejected = envelope(
-                        &stream,
-                        Event::WorkloadPlacementRejected(WorkloadPlacementRejected {
-                            workload_id: p.workload_id,
-                            worker_id: p.worker_id.clone(),
-                            // `<label>: <detail>`: the router reads the label to tell a
-                            // worker's fault from a race in the control plane.
-                            reason: format!("{}: {}", rejection.reason.as_str(), rejection.detail),
-                            retryable,
-                        }),
-                        cause,
-                    );
-                    if append_exact(
-                        tx,
-                        &stream,
-                        view.version,
-                        &[rejected],
-                        &publish(&self.topics.workloads),
-                    )
-                    .await?
-                    .is_none()
-                    {
-                        continue;
-                    }
-                    metrics::counter!(m::REJECTIONS, "reason" => rejection.reason.as_str())
-                        .increment(1);
-                    tracing::info!(reason = %rejection.detail, retryable, "placement rejected");
-                    return Ok(());
-                }
-            }
-        }
-        Err(ApplyError::Transient(format!(
-            "workload {} kept changing while answering its proposal",
-            p.workload_id
-        )))
+        self.answer_proposals(tx, &[(e, p)]).await
     }
 
     /// `worker.heartbeat`: inventory, samples and health; registration when new, changed or

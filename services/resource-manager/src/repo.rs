@@ -4,59 +4,16 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use hcp_events::payload::{GpuSample, GpuSpec, WorkloadSubmitted};
+use hcp_events::payload::{GpuSample, GpuSpec};
 use sqlx::{types::Json, PgConnection};
 use uuid::Uuid;
 
-use crate::domain::{gpu_fits, HeldRun, Holder, WorkerInfo};
+pub use hcp_allocation::ledger::{
+    all_workers, allocate_many, could_fit, fleet_could_fit, holders, lock_pool, lock_pools,
+    undo_allocations, upsert_runs, workers, NewRun, WorkerRow,
+};
 
-/// Class of the pool advisory locks (`pg_advisory_xact_lock(class, hashtext(site))`): "RM".
-const POOL_LOCK_CLASS: i32 = 0x524d;
-
-/// Takes the pool's transaction-scoped lock: every allocation change in a pool (a site) runs
-/// under it, so checking and allocating are one step whatever the number of consumers.
-#[tracing::instrument(skip(conn), err)]
-pub async fn lock_pool(conn: &mut PgConnection, site: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-        .bind(POOL_LOCK_CLASS)
-        .bind(site)
-        .execute(conn)
-        .await
-        .map(|_| ())
-}
-
-/// A worker row.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct WorkerRow {
-    /// Id.
-    pub worker_id: String,
-    /// Pool.
-    pub site: String,
-    /// Backend.
-    pub backend: String,
-    /// `healthy` or `lost`.
-    pub state: String,
-    /// Registered GPUs.
-    pub gpus: Json<Vec<GpuSpec>>,
-    /// Last heartbeat event id.
-    pub last_report_id: Option<Uuid>,
-}
-
-impl WorkerRow {
-    /// Whether it is healthy.
-    pub fn healthy(&self) -> bool {
-        self.state == "healthy"
-    }
-
-    /// The placement check's view.
-    pub fn info(&self) -> WorkerInfo {
-        WorkerInfo {
-            worker_id: self.worker_id.clone(),
-            healthy: self.healthy(),
-            gpus: self.gpus.0.clone(),
-        }
-    }
-}
+use crate::domain::HeldRun;
 
 /// Reads a worker; `for_update` locks its row for the transaction.
 pub async fn worker(
@@ -173,63 +130,6 @@ pub async fn upsert_gpus(
     .map(|_| ())
 }
 
-/// The live allocations of any of `gpu_ids`.
-pub async fn holders(
-    conn: &mut PgConnection,
-    gpu_ids: &[String],
-) -> Result<Vec<Holder>, sqlx::Error> {
-    let rows: Vec<(String, Uuid)> = sqlx::query_as(
-        "SELECT gpu_id, workload_id FROM rm_allocations \
-         WHERE gpu_id = ANY($1) AND released_at IS NULL ORDER BY gpu_id",
-    )
-    .bind(gpu_ids)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(gpu_id, workload_id)| Holder {
-            gpu_id,
-            workload_id,
-        })
-        .collect())
-}
-
-/// Inserts the allocations of a gang. Returns how many rows went in: fewer than `gpu_ids`
-/// means the partial unique index (the backstop) refused a GPU someone holds.
-#[tracing::instrument(skip_all, fields(%workload_id, worker_id = %worker_id), err)]
-pub async fn allocate(
-    conn: &mut PgConnection,
-    workload_id: Uuid,
-    worker_id: &str,
-    gpu_ids: &[String],
-) -> Result<usize, sqlx::Error> {
-    let n = sqlx::query(
-        "INSERT INTO rm_allocations (workload_id, worker_id, gpu_id) \
-         SELECT $1, $2, g FROM UNNEST($3::text[]) AS g \
-         ON CONFLICT (gpu_id) WHERE released_at IS NULL DO NOTHING",
-    )
-    .bind(workload_id)
-    .bind(worker_id)
-    .bind(gpu_ids)
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok(usize::try_from(n).unwrap_or(usize::MAX))
-}
-
-/// Removes allocations inserted by this transaction that must not stand (the append they
-/// belonged to failed, or the backstop refused part of the gang).
-pub async fn undo_allocation(
-    conn: &mut PgConnection,
-    workload_id: Uuid,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM rm_allocations WHERE workload_id = $1 AND released_at IS NULL")
-        .bind(workload_id)
-        .execute(conn)
-        .await
-        .map(|_| ())
-}
-
 /// Ends a workload's live allocation; returns the GPUs released.
 #[tracing::instrument(skip(conn), err)]
 pub async fn release(
@@ -334,40 +234,6 @@ pub async fn set_missing(
         .map(|_| ())
 }
 
-/// Records a placement in `rm_runs`.
-#[allow(clippy::too_many_arguments)]
-pub async fn upsert_run(
-    conn: &mut PgConnection,
-    workload_id: Uuid,
-    worker_id: &str,
-    model: &str,
-    duration_s: u32,
-    checkpoint_progress: f64,
-    state: &str,
-    stream_version: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO rm_runs (workload_id, worker_id, model, duration_s, checkpoint_progress, \
-             state, stream_version, scheduled_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
-         ON CONFLICT (workload_id) DO UPDATE SET worker_id = EXCLUDED.worker_id, \
-             model = EXCLUDED.model, duration_s = EXCLUDED.duration_s, \
-             checkpoint_progress = EXCLUDED.checkpoint_progress, state = EXCLUDED.state, \
-             stream_version = EXCLUDED.stream_version, \
-             scheduled_version = EXCLUDED.scheduled_version, missing_since = NULL, \
-             updated_at = clock_timestamp()",
-    )
-    .bind(workload_id)
-    .bind(worker_id)
-    .bind(model)
-    .bind(i32::try_from(duration_s).unwrap_or(i32::MAX))
-    .bind(checkpoint_progress)
-    .bind(state)
-    .bind(stream_version)
-    .execute(conn)
-    .await
-    .map(|_| ())
-}
-
 /// Updates what the resource-manager knows of a run after an append or a read
 /// (`checkpoint_progress` `None` keeps the stored one).
 pub async fn update_run(
@@ -469,31 +335,6 @@ pub async fn workloads_on(
     .await
 }
 
-/// Whether some known worker (healthy or not) has enough GPUs meeting the workload's
-/// constraints; `true` when no worker is known yet (nothing can be ruled out).
-pub async fn fleet_could_fit(
-    conn: &mut PgConnection,
-    workload: &WorkloadSubmitted,
-) -> Result<bool, sqlx::Error> {
-    Ok(could_fit(&all_workers(conn).await?, workload))
-}
-
-/// Every worker (the fleet, for [`could_fit`]).
-pub async fn all_workers(conn: &mut PgConnection) -> Result<Vec<WorkerRow>, sqlx::Error> {
-    sqlx::query_as("SELECT worker_id, site, backend, state, gpus, last_report_id FROM rm_workers")
-        .fetch_all(conn)
-        .await
-}
-
-/// Whether any worker of `fleet` (lost ones included: they may come back) has enough GPUs that
-/// fit the workload; an empty fleet could still grow.
-pub fn could_fit(fleet: &[WorkerRow], workload: &WorkloadSubmitted) -> bool {
-    fleet.is_empty()
-        || fleet.iter().any(|w| {
-            w.gpus.0.iter().filter(|g| gpu_fits(workload, g)).count() >= workload.gpu_count as usize
-        })
-}
-
 /// Live allocations and workers by state, for the gauges.
 pub async fn gauges(conn: &mut PgConnection) -> Result<(i64, i64, i64), sqlx::Error> {
     sqlx::query_as(
@@ -514,75 +355,6 @@ pub async fn reset(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
 }
 
 // The set-based forms used by the batch path (`crate::batch`): one statement for a whole batch.
-
-/// Reads many workers, by id.
-pub async fn workers(
-    conn: &mut PgConnection,
-    worker_ids: &[String],
-) -> Result<HashMap<String, WorkerRow>, sqlx::Error> {
-    let rows: Vec<WorkerRow> = sqlx::query_as(
-        "SELECT worker_id, site, backend, state, gpus, last_report_id \
-         FROM rm_workers WHERE worker_id = ANY($1)",
-    )
-    .bind(worker_ids)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().map(|w| (w.worker_id.clone(), w)).collect())
-}
-
-/// Takes the locks of several pools, in name order (so two batches cannot deadlock each other).
-pub async fn lock_pools<'a>(
-    conn: &mut PgConnection,
-    sites: impl IntoIterator<Item = &'a str>,
-) -> Result<(), sqlx::Error> {
-    let mut sites: Vec<&str> = sites.into_iter().collect();
-    sites.sort_unstable();
-    sites.dedup();
-    for site in sites {
-        lock_pool(conn, site).await?;
-    }
-    Ok(())
-}
-
-/// Inserts the allocations of many gangs (`(workload, worker, gpu)` rows). Returns, per
-/// workload, how many rows went in (the partial unique index refuses a held GPU).
-pub async fn allocate_many(
-    conn: &mut PgConnection,
-    rows: &[(Uuid, &str, &str)],
-) -> Result<HashMap<Uuid, usize>, sqlx::Error> {
-    let (w, (k, g)): (Vec<Uuid>, (Vec<&str>, Vec<&str>)) =
-        rows.iter().map(|(w, k, g)| (*w, (*k, *g))).unzip();
-    let inserted: Vec<Uuid> = sqlx::query_scalar(
-        "INSERT INTO rm_allocations (workload_id, worker_id, gpu_id) \
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[]) \
-         ON CONFLICT (gpu_id) WHERE released_at IS NULL DO NOTHING RETURNING workload_id",
-    )
-    .bind(&w)
-    .bind(&k)
-    .bind(&g)
-    .fetch_all(conn)
-    .await?;
-    let mut counts: HashMap<Uuid, usize> = HashMap::new();
-    for id in inserted {
-        *counts.entry(id).or_default() += 1;
-    }
-    Ok(counts)
-}
-
-/// [`undo_allocation`] for many workloads.
-pub async fn undo_allocations(
-    conn: &mut PgConnection,
-    workload_ids: &[Uuid],
-) -> Result<(), sqlx::Error> {
-    if workload_ids.is_empty() {
-        return Ok(());
-    }
-    sqlx::query("DELETE FROM rm_allocations WHERE workload_id = ANY($1) AND released_at IS NULL")
-        .bind(workload_ids)
-        .execute(conn)
-        .await
-        .map(|_| ())
-}
 
 /// [`release`] for many workloads, each with its reason.
 pub async fn release_many(
@@ -631,61 +403,6 @@ pub async fn live_allocations(
             .push(gpu_id);
     }
     Ok(out)
-}
-
-/// A placement recorded in `rm_runs` ([`upsert_run`]'s arguments).
-#[derive(Debug, Clone)]
-pub struct NewRun<'a> {
-    /// The workload.
-    pub workload_id: Uuid,
-    /// Where it runs.
-    pub worker_id: &'a str,
-    /// Its model.
-    pub model: &'a str,
-    /// Its declared duration.
-    pub duration_s: u32,
-    /// Where it resumes from.
-    pub checkpoint_progress: f64,
-    /// The stream version of its `workload.scheduled`.
-    pub stream_version: i64,
-}
-
-/// [`upsert_run`] for many placements, all `scheduled`.
-pub async fn upsert_runs(conn: &mut PgConnection, runs: &[NewRun<'_>]) -> Result<(), sqlx::Error> {
-    if runs.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<Uuid> = runs.iter().map(|r| r.workload_id).collect();
-    let workers: Vec<&str> = runs.iter().map(|r| r.worker_id).collect();
-    let models: Vec<&str> = runs.iter().map(|r| r.model).collect();
-    let durations: Vec<i32> = runs
-        .iter()
-        .map(|r| i32::try_from(r.duration_s).unwrap_or(i32::MAX))
-        .collect();
-    let checkpoints: Vec<f64> = runs.iter().map(|r| r.checkpoint_progress).collect();
-    let versions: Vec<i64> = runs.iter().map(|r| r.stream_version).collect();
-    sqlx::query(
-        "INSERT INTO rm_runs (workload_id, worker_id, model, duration_s, checkpoint_progress, \
-             state, stream_version, scheduled_version) \
-         SELECT u.id, u.worker, u.model, u.duration, u.checkpoint, 'scheduled', u.v, u.v \
-         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int[], $5::float8[], $6::bigint[]) \
-              AS u(id, worker, model, duration, checkpoint, v) \
-         ON CONFLICT (workload_id) DO UPDATE SET worker_id = EXCLUDED.worker_id, \
-             model = EXCLUDED.model, duration_s = EXCLUDED.duration_s, \
-             checkpoint_progress = EXCLUDED.checkpoint_progress, state = EXCLUDED.state, \
-             stream_version = EXCLUDED.stream_version, \
-             scheduled_version = EXCLUDED.scheduled_version, missing_since = NULL, \
-             updated_at = clock_timestamp()",
-    )
-    .bind(&ids)
-    .bind(&workers)
-    .bind(&models)
-    .bind(&durations)
-    .bind(&checkpoints)
-    .bind(&versions)
-    .execute(conn)
-    .await
-    .map(|_| ())
 }
 
 /// A run's new state after an append ([`update_run`]'s arguments).

@@ -1,0 +1,176 @@
+//! Whether a placement can be allocated, free of I/O: the worker must be known and healthy,
+//! the GPUs its own, fitting the workload and held by nobody.
+
+use std::collections::HashSet;
+
+use hcp_events::payload::{GpuSpec, WorkloadSubmitted};
+use uuid::Uuid;
+
+/// A worker as the placement check sees it.
+#[derive(Debug, Clone)]
+pub struct WorkerInfo {
+    /// The worker.
+    pub worker_id: String,
+    /// Whether it is healthy (not lost).
+    pub healthy: bool,
+    /// Its GPUs.
+    pub gpus: Vec<GpuSpec>,
+}
+
+/// A live allocation of one GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// The GPU.
+    pub gpu_id: String,
+    /// The workload holding it.
+    pub workload_id: Uuid,
+}
+
+/// Why a proposal was refused (the metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// A later proposal for the same workload exists.
+    Superseded,
+    /// The proposal itself is unusable (no GPUs, duplicates, wrong count).
+    BadProposal,
+    /// The worker never sent a heartbeat.
+    UnknownWorker,
+    /// The worker is lost.
+    WorkerLost,
+    /// A GPU is not on that worker.
+    UnknownGpu,
+    /// A GPU does not meet the workload's type or memory constraint.
+    GpuMismatch,
+    /// A GPU is allocated to another workload.
+    GpuHeld,
+}
+
+impl RejectReason {
+    /// Metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Superseded => "superseded",
+            Self::BadProposal => "bad_proposal",
+            Self::UnknownWorker => "unknown_worker",
+            Self::WorkerLost => "worker_lost",
+            Self::UnknownGpu => "unknown_gpu",
+            Self::GpuMismatch => "gpu_mismatch",
+            Self::GpuHeld => "gpu_held",
+        }
+    }
+}
+
+/// A refused proposal: the label and the sentence the router and the customer see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Label.
+    pub reason: RejectReason,
+    /// Precise reason.
+    pub detail: String,
+}
+
+impl Rejection {
+    /// A rejection with its label and sentence.
+    pub fn new(reason: RejectReason, detail: String) -> Self {
+        Self { reason, detail }
+    }
+}
+
+/// Whether `gpu` meets the workload's type and memory constraints.
+pub fn gpu_fits(workload: &WorkloadSubmitted, gpu: &GpuSpec) -> bool {
+    let type_ok = workload
+        .gpu_type
+        .as_deref()
+        .is_none_or(|t| t.eq_ignore_ascii_case(&gpu.model));
+    let memory_ok = workload
+        .gpu_memory_gib
+        .is_none_or(|gib| gpu.memory_mib >= u64::from(gib) * 1024);
+    type_ok && memory_ok
+}
+
+/// Checks a placement (a gang of `gpu_ids` on `worker_id`) against the worker and the live
+/// allocations of its GPUs. `Ok` means allocate.
+pub fn check_placement(
+    workload: &WorkloadSubmitted,
+    worker_id: &str,
+    gpu_ids: &[String],
+    worker: Option<&WorkerInfo>,
+    holders: &[Holder],
+) -> Result<(), Rejection> {
+    use RejectReason::*;
+    if gpu_ids.is_empty() {
+        return Err(Rejection::new(
+            BadProposal,
+            "the proposal lists no GPUs".into(),
+        ));
+    }
+    let mut seen = HashSet::new();
+    if let Some(dup) = gpu_ids.iter().find(|g| !seen.insert(g.as_str())) {
+        return Err(Rejection::new(
+            BadProposal,
+            format!("GPU {dup} is listed twice"),
+        ));
+    }
+    if gpu_ids.len() != workload.gpu_count as usize {
+        return Err(Rejection::new(
+            BadProposal,
+            format!(
+                "the proposal has {} GPUs; the workload needs {}",
+                gpu_ids.len(),
+                workload.gpu_count
+            ),
+        ));
+    }
+    let Some(worker) = worker else {
+        return Err(Rejection::new(
+            UnknownWorker,
+            format!("worker {} has never sent a heartbeat", worker_id),
+        ));
+    };
+    if !worker.healthy {
+        return Err(Rejection::new(
+            WorkerLost,
+            format!("worker {} is lost", worker.worker_id),
+        ));
+    }
+    for id in gpu_ids {
+        let Some(gpu) = worker.gpus.iter().find(|g| &g.gpu_id == id) else {
+            return Err(Rejection::new(
+                UnknownGpu,
+                format!("GPU {id} is not on worker {}", worker.worker_id),
+            ));
+        };
+        if !gpu_fits(workload, gpu) {
+            return Err(Rejection::new(
+                GpuMismatch,
+                format!(
+                    "GPU {id} is a {} with {} MiB; the workload needs {}{}",
+                    gpu.model,
+                    gpu.memory_mib,
+                    workload.gpu_type.as_deref().unwrap_or("any model"),
+                    workload
+                        .gpu_memory_gib
+                        .map(|g| format!(" with {g} GiB"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    if let Some(h) = holders.first() {
+        let more = holders.len() - 1;
+        return Err(Rejection::new(
+            GpuHeld,
+            format!(
+                "GPU {} is held by workload {}{}",
+                h.gpu_id,
+                h.workload_id,
+                if more > 0 {
+                    format!(" (and {more} more GPUs are held)")
+                } else {
+                    String::new()
+                }
+            ),
+        ));
+    }
+    Ok(())
+}
