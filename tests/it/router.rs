@@ -34,7 +34,13 @@ struct Router {
 }
 
 impl Router {
+    /// Proposing, with the test in the resource-manager's place.
     fn start(env: &TestEnv, config: RouterConfig) -> Self {
+        Self::start_with(env, config, false)
+    }
+
+    /// `direct`: placing through the allocation ledger.
+    fn start_with(env: &TestEnv, config: RouterConfig, direct: bool) -> Self {
         let config = Arc::new(config);
         let wake = Arc::new(Notify::new());
         let topic = env.topic(Topic::Workloads);
@@ -56,7 +62,10 @@ impl Router {
         let token = CancellationToken::new();
         let t = token.clone();
         let consumer = tokio::spawn(async move { consumer.run(t).await.expect("consumer") });
-        let placer = Placer::new(env.pool.clone(), config, topic, wake);
+        let mut placer = Placer::new(env.pool.clone(), config, topic, wake);
+        if direct {
+            placer = placer.placing_directly(env.topic(Topic::DeviceCommands));
+        }
         let t = token.clone();
         let placer = tokio::spawn(async move { placer.run(t).await.expect("placer") });
         Self {
@@ -824,4 +833,174 @@ async fn a_batch_folds_to_the_same_tables_as_its_events_applied_one_by_one() {
             (workload_stream(ids[4]), "workload.failed"),
         ]
     );
+}
+
+/// The resource-manager's record of a worker (from a heartbeat): what the allocation ledger
+/// checks a direct placement against.
+async fn heartbeat(env: &TestEnv, worker: &str, n: usize) {
+    let rm = hcp_resource_manager::ResourceManager::new(
+        hcp_resource_manager::Topics::new(&env.kafka),
+        hcp_resource_manager::RmSettings {
+            sweep_interval_ms: 200,
+            worker_timeout_ms: 30_000,
+            restart_grace_ms: 30_000,
+            start_ack_timeout_ms: 300_000,
+            heartbeat_store_ms: 2_000,
+        },
+    );
+    let mut e = Envelope::new(
+        hcp_events::report_stream(worker),
+        "test-worker",
+        Event::WorkerHeartbeat(WorkerHeartbeat {
+            worker_id: worker.into(),
+            site: "site-a".into(),
+            backend: "sim".into(),
+            gpus: gpus(worker, n),
+            running: vec![],
+            samples: vec![],
+        }),
+    );
+    e.sequence = 1;
+    let mut tx = env.pool.begin().await.unwrap();
+    rm.apply(&mut tx, &e).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn placing_directly_schedules_in_one_step_and_refuses_what_the_ledger_does_not_know() {
+    let env = TestEnv::new().await;
+    heartbeat(&env, "w-1", 8).await;
+    let router = Router::start_with(&env, config(), true);
+    register(&env, "w-1", 8).await;
+
+    let id = submit(&env, submission(Some(WorkloadKind::Training), 2)).await;
+    let evs = wait_for(&env, id, "workload.scheduled", |evs| {
+        last_is(evs, hcp_events::EventType::WorkloadScheduled)
+    })
+    .await;
+    // No proposal: the placement and the allocation were one step.
+    assert_eq!(
+        types(&evs),
+        [
+            "workload.submitted",
+            "workload.queued",
+            "workload.scheduled"
+        ]
+    );
+    assert_eq!(evs[2].causation_id, Some(evs[1].event_id));
+    assert_eq!(evs[2].producer, hcp_router::PRODUCER);
+    let Event::WorkloadScheduled(s) = &evs[2].payload else {
+        panic!("not scheduled: {:?}", evs[2])
+    };
+    let live: Vec<String> = sqlx::query_scalar(
+        "SELECT gpu_id FROM rm_allocations WHERE workload_id = $1 AND released_at IS NULL \
+         ORDER BY gpu_id",
+    )
+    .bind(id)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let mut want = s.gpu_ids.clone();
+    want.sort();
+    assert_eq!(live, want);
+    let run: String = sqlx::query_scalar("SELECT state FROM rm_runs WHERE workload_id = $1")
+        .bind(id)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        run, "scheduled",
+        "unacknowledged until the worker reports it started"
+    );
+    let commands = EventStore::new(env.pool.clone())
+        .read_stream(&hcp_events::command_stream("w-1"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            commands.as_slice(),
+            [c] if matches!(&c.envelope.payload, Event::DeviceCommand(d)
+                if d.workload_id == id
+                    && matches!(&d.action, CommandAction::Start { gpu_ids, .. } if *gpu_ids == s.gpu_ids))
+        ),
+        "{commands:?}"
+    );
+
+    // A worker the router knows but the ledger does not (it never sent a heartbeat): the
+    // placement is refused and recorded as its proposal and rejection; no worker the ledger
+    // knows has A100s, so the refusal is final and the workload fails.
+    let mut a100 = gpus("w-2", 4);
+    for g in &mut a100 {
+        g.model = "A100".into();
+    }
+    let e = Envelope::new(
+        worker_stream("w-2"),
+        "resource-manager",
+        Event::WorkerRegistered(WorkerRegistered {
+            worker_id: "w-2".into(),
+            site: "site-b".into(),
+            backend: "sim".into(),
+            gpus: a100,
+        }),
+    );
+    EventStore::new(env.pool.clone())
+        .append_and_commit(
+            &e.stream_id.clone(),
+            ExpectedVersion::Any,
+            &[e],
+            &Publish::to(env.topic(Topic::Resources)),
+        )
+        .await
+        .unwrap();
+    let mut s = submission(Some(WorkloadKind::Training), 2);
+    s.gpu_type = Some("A100".into());
+    let id = submit(&env, s).await;
+    let evs = wait_for(&env, id, "workload.failed", |evs| {
+        last_is(evs, hcp_events::EventType::WorkloadFailed)
+    })
+    .await;
+    let rejections: Vec<&WorkloadPlacementRejected> = evs
+        .iter()
+        .filter_map(|e| match &e.payload {
+            Event::WorkloadPlacementRejected(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        types(&evs),
+        [
+            "workload.submitted",
+            "workload.queued",
+            "workload.placement_proposed",
+            "workload.placement_rejected",
+            "workload.failed"
+        ]
+    );
+    assert!(
+        matches!(rejections.as_slice(), [r] if r.reason.starts_with("unknown_worker: ")
+            && r.worker_id == "w-2" && !r.retryable),
+        "{rejections:?}"
+    );
+    let Some(Event::WorkloadFailed(f)) = evs.last().map(|e| &e.payload) else {
+        panic!("not failed")
+    };
+    assert!(f.reason.contains("unknown_worker"), "{}", f.reason);
+    // Each rejection answers the proposal recorded with it.
+    for (i, e) in evs.iter().enumerate() {
+        if matches!(e.payload, Event::WorkloadPlacementRejected(_)) {
+            assert!(matches!(
+                evs[i - 1].payload,
+                Event::WorkloadPlacementProposed(_)
+            ));
+            assert_eq!(e.causation_id, Some(evs[i - 1].event_id));
+        }
+    }
+    let held: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM rm_allocations WHERE workload_id = $1")
+            .bind(id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(held, 0);
+    router.stop().await;
 }

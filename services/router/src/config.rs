@@ -40,8 +40,11 @@ pub struct RouterConfig {
     pub backoff_max_ms: u64,
     /// How long an unanswered proposal blocks re-proposing, ms.
     pub proposal_timeout_ms: u64,
-    /// Proposals appended per transaction.
+    /// Placements (or proposals) written per transaction.
     pub propose_chunk: usize,
+    /// Place directly through the allocation ledger (one step, no proposal hop); `false`
+    /// proposes and lets the resource-manager answer (ADR 0004's handshake).
+    pub place_directly: bool,
     /// Preemption refill rate.
     pub preemptions_per_minute: f64,
     /// Preemptions allowed in a burst.

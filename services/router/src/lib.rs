@@ -11,6 +11,7 @@
 //!
 //! The scheduling rules themselves are pure and live in `hcp-domain`.
 
+mod commit;
 pub mod config;
 mod fold;
 pub mod metrics;
@@ -44,7 +45,10 @@ pub async fn start(settings: Settings, mut ctx: ServiceContext) -> anyhow::Resul
         RouterProjection::new(config.clone(), topic.clone(), wake.clone()),
         &TOPICS,
     )?;
-    let placer = Placer::new(ctx.pool().clone(), config, topic, wake);
+    let mut placer = Placer::new(ctx.pool().clone(), config.clone(), topic, wake);
+    if config.place_directly {
+        placer = placer.placing_directly(ctx.topic(Topic::DeviceCommands));
+    }
     ctx.spawn("placement loop", placer.run(ctx.token()));
     Ok(ctx)
 }

@@ -9,9 +9,12 @@
 //!    unanswered proposal or in backoff, on GPUs that are neither held nor promised;
 //! 4. for real-time workloads that still do not fit, chooses victims to preempt (rate-limited,
 //!    at most one wave per workload while its victims are stopping);
-//! 5. appends `workload.placement_proposed` / `workload.preempted` / `workload.failed` with
-//!    `ExpectedVersion::Exact(last seen version)`: a conflict means the workload moved on, and
-//!    the append is skipped.
+//! 5. writes its decisions (`commit`): deadline failures (`workload.failed`); each placement,
+//!    either directly through the allocation ledger (`workload.scheduled` and the start command
+//!    under the pool's lock, in the pass's own transaction) or, without
+//!    [`Placer::placing_directly`], as `workload.placement_proposed` for the resource-manager
+//!    to answer; preemptions (`workload.preempted`). All at `ExpectedVersion::Exact(last seen
+//!    version)`: a conflict means the workload moved on, and the decision is dropped.
 //!
 //! What it proposed is remembered until the workload's row moves past the proposal (scheduled,
 //! rejected, cancelled) or the proposal times out, so nothing is proposed twice and nothing
@@ -23,7 +26,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use hcp_db::sqlx::PgPool;
-use hcp_db::{EventStore, ExpectedVersion, Publish, StoreError, StreamAppend};
+use hcp_db::Publish;
 use hcp_domain::breaker::{Admission, Breaker, BreakerState};
 use hcp_domain::bucket::TokenBucket;
 use hcp_domain::placement::{
@@ -33,17 +36,17 @@ use hcp_domain::preempt::{choose_victims, PreemptionPolicy, RunningWorkload};
 use hcp_domain::queue::FairQueue;
 use hcp_domain::WorkloadState;
 use hcp_events::payload::{WorkloadFailed, WorkloadPlacementProposed, WorkloadPreempted};
-use hcp_events::{workload_stream, Envelope, Event, WorkloadKind};
+use hcp_events::{Event, WorkloadKind};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::commit;
 use crate::config::RouterConfig;
 use crate::metrics::{self as m, Rejection};
 use crate::repo::{self, Changes, GpuRow, SiteRow, WorkloadRow};
-use crate::PRODUCER;
 
 /// Seconds between housekeeping rounds (site attributes, purging ended workloads).
 const HOUSEKEEPING_EVERY_S: i64 = 10;
@@ -144,12 +147,12 @@ struct Preemption {
 
 /// One event to append to a workload stream.
 #[derive(Debug, Clone)]
-struct Append {
-    workload_id: Uuid,
-    expected: i64,
-    correlation_id: Uuid,
-    causation_id: Uuid,
-    event: Event,
+pub(crate) struct Append {
+    pub(crate) workload_id: Uuid,
+    pub(crate) expected: i64,
+    pub(crate) correlation_id: Uuid,
+    pub(crate) causation_id: Uuid,
+    pub(crate) event: Event,
 }
 
 /// What one pass decided.
@@ -727,6 +730,9 @@ pub struct Placer {
     pool: PgPool,
     config: Arc<RouterConfig>,
     workloads_topic: String,
+    /// Set: placements are made directly through the allocation ledger, start commands
+    /// published here. Unset: they are proposed to the resource-manager.
+    commands_topic: Option<String>,
     wake: Arc<Notify>,
     state: Option<Box<State>>,
 }
@@ -744,9 +750,19 @@ impl Placer {
             pool,
             config,
             workloads_topic,
+            commands_topic: None,
             wake,
             state: None,
         }
+    }
+
+    /// Places directly: each pass's placements are allocated through the allocation ledger in
+    /// the pass's transactions (`workload.scheduled` and a start command published to
+    /// `commands_topic`), with no proposal for the resource-manager to answer. A refused
+    /// placement is recorded as its proposal and rejection, as the resource-manager would.
+    pub fn placing_directly(mut self, commands_topic: String) -> Self {
+        self.commands_topic = Some(commands_topic);
+        self
     }
 
     /// Runs passes until `token` is cancelled. A failed pass is logged and retried on the next
@@ -871,11 +887,20 @@ impl Placer {
 
     /// Appends everything the plan decided and remembers what went through.
     async fn execute(&mut self, plan: Plan, now: OffsetDateTime) {
-        let expired = self.append_all(&plan.expired).await;
-        let proposed = self.append_all(&plan.proposals).await;
+        let publish = self.publish();
+        let chunk = self.config.propose_chunk;
+        let expired = commit::append_all(&self.pool, &publish, chunk, &plan.expired).await;
+        let proposed = match &self.commands_topic {
+            Some(commands) => {
+                let commands = Publish::to(commands.clone())
+                    .with_trace(publish.traceparent.clone(), publish.tracestate.clone());
+                commit::place_all(&self.pool, &publish, &commands, chunk, &plan.proposals).await
+            }
+            None => commit::append_all(&self.pool, &publish, chunk, &plan.proposals).await,
+        };
         let mut waves = Vec::with_capacity(plan.preemptions.len());
         for (_, appends) in &plan.preemptions {
-            waves.push(self.append_all(appends).await);
+            waves.push(commit::append_all(&self.pool, &publish, chunk, appends).await);
         }
         let Some(state) = self.state.as_mut() else {
             return;
@@ -897,77 +922,6 @@ impl Placer {
         let span = tracing::Span::current();
         span.record("placed", done.placed);
         span.record("preempted", done.preempted);
-    }
-
-    /// Appends in chunks of `propose_chunk` per transaction. Returns, per append, the new
-    /// stream version, or `None` when the stream had moved on or the chunk failed.
-    async fn append_all(&self, appends: &[Append]) -> Vec<Option<i64>> {
-        let mut out = Vec::with_capacity(appends.len());
-        for chunk in appends.chunks(self.config.propose_chunk.max(1)) {
-            match self.append_chunk(chunk).await {
-                Ok(versions) => out.extend(versions),
-                Err(e) => {
-                    tracing::warn!(error = %e, "appending a batch failed; retrying next pass");
-                    out.extend(std::iter::repeat_n(None, chunk.len()));
-                }
-            }
-        }
-        out
-    }
-
-    async fn append_chunk(&self, chunk: &[Append]) -> Result<Vec<Option<i64>>, StoreError> {
-        let publish = self.publish();
-        let streams: Vec<String> = chunk
-            .iter()
-            .map(|a| workload_stream(a.workload_id))
-            .collect();
-        let envelopes: Vec<[Envelope; 1]> = chunk
-            .iter()
-            .zip(&streams)
-            .map(|(a, stream)| {
-                let mut envelope = Envelope::new(stream.clone(), PRODUCER, a.event.clone());
-                envelope.correlation_id = a.correlation_id;
-                envelope.causation_id = Some(a.causation_id);
-                [envelope]
-            })
-            .collect();
-        // A stream may appear once per batch; a second decision for the same workload in one
-        // chunk is left for the next pass (its expected version will have moved on).
-        let mut seen = std::collections::HashSet::with_capacity(chunk.len());
-        let mut slots = Vec::with_capacity(chunk.len());
-        let mut appends: Vec<StreamAppend<'_>> = Vec::with_capacity(chunk.len());
-        for ((a, stream), events) in chunk.iter().zip(&streams).zip(&envelopes) {
-            if seen.insert(stream.as_str()) {
-                slots.push(Some(appends.len()));
-                appends.push(StreamAppend {
-                    stream_id: stream,
-                    expected: ExpectedVersion::Exact(a.expected),
-                    events,
-                    publish: &publish,
-                });
-            } else {
-                slots.push(None);
-            }
-        }
-        let mut tx = self.pool.begin().await?;
-        let mut results: Vec<Option<Result<_, _>>> = EventStore::append_batch(&mut tx, &appends)
-            .await?
-            .into_iter()
-            .map(Some)
-            .collect();
-        tx.commit().await?;
-        Ok(slots
-            .into_iter()
-            .zip(chunk)
-            .map(|(slot, a)| match slot.and_then(|i| results[i].take()) {
-                Some(Ok(o)) => Some(o.new_version),
-                Some(Err(e)) => {
-                    tracing::debug!(workload_id = %a.workload_id, error = %e, "workload moved on; skipped");
-                    None
-                }
-                None => None,
-            })
-            .collect())
     }
 }
 
