@@ -80,9 +80,10 @@ async fn build_bound(
             .context("REST server failed")
     });
     ctx.spawn_consumer(WorkloadBoard::new(), &[Topic::Workloads])?;
-    ctx.spawn_consumer(ResourceBoard::new(), &[Topic::Resources])?;
-    ctx.spawn_consumer(MarketPrices::new(), &[Topic::Market])?;
-    ctx.spawn_consumer(DecisionBoard::new(), &[Topic::Decisions])?;
+    // Read models that may lag by a tenth of a second fetch less often (broker CPU).
+    ctx.spawn_background_consumer(ResourceBoard::new(), &[Topic::Resources])?;
+    ctx.spawn_background_consumer(MarketPrices::new(), &[Topic::Market])?;
+    ctx.spawn_background_consumer(DecisionBoard::new(), &[Topic::Decisions])?;
     let intake = intake::Intake::new(
         ctx.kafka(),
         ctx.pool().clone(),

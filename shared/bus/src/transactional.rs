@@ -119,6 +119,10 @@ pub struct ConsumerSettings {
     pub batch_linger: Duration,
     /// Wait before retrying a failed batch.
     pub retry_backoff: Duration,
+    /// How long the broker may hold an empty fetch (`None`: the Kafka settings'
+    /// `fetch_wait_max_ms`). Every fetch costs the broker CPU, idle or not: a consumer that
+    /// may lag fetches less often.
+    pub fetch_wait_max: Option<Duration>,
 }
 
 impl ConsumerSettings {
@@ -135,6 +139,7 @@ impl ConsumerSettings {
             max_batch: 500,
             batch_linger: Duration::from_millis(2),
             retry_backoff: Duration::from_millis(250),
+            fetch_wait_max: None,
         }
     }
 }
@@ -190,8 +195,11 @@ impl<P: Projection> TransactionalConsumer<P> {
         producer: Producer,
     ) -> Result<Self, BusError> {
         let fresh: Assigned = Arc::default();
-        let consumer: StreamConsumer<AssignmentContext> = kafka
-            .consumer_config(&settings.group_id, &settings.group_id)
+        let mut config = kafka.consumer_config(&settings.group_id, &settings.group_id);
+        if let Some(wait) = settings.fetch_wait_max {
+            config.set("fetch.wait.max.ms", wait.as_millis().to_string());
+        }
+        let consumer: StreamConsumer<AssignmentContext> = config
             .create_with_context(AssignmentContext {
                 fresh: fresh.clone(),
             })

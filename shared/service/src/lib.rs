@@ -32,6 +32,9 @@ use tokio_util::sync::CancellationToken;
 /// The compiled-in defaults every binary shares (`config/default.toml`).
 pub const COMMON_DEFAULTS: &str = include_str!("../../../config/default.toml");
 
+/// The fetch wait of consumers started with [`ServiceContext::spawn_background_consumer`].
+pub const BACKGROUND_FETCH_WAIT: Duration = Duration::from_millis(100);
+
 /// Settings every service has (flatten them into a service's own settings).
 #[derive(Debug, Clone, Deserialize)]
 pub struct CommonSettings {
@@ -212,9 +215,31 @@ impl ServiceContext {
         projection: P,
         topics: &[Topic],
     ) -> anyhow::Result<()> {
+        self.spawn_consumer_fetching(projection, topics, None)
+    }
+
+    /// Like [`ServiceContext::spawn_consumer`], for a read model that may lag by up to
+    /// [`BACKGROUND_FETCH_WAIT`]: its consumer fetches that much less often when idle (every
+    /// fetch costs the broker CPU; the latency-critical consumers keep the short wait).
+    pub fn spawn_background_consumer<P: Projection + 'static>(
+        &mut self,
+        projection: P,
+        topics: &[Topic],
+    ) -> anyhow::Result<()> {
+        self.spawn_consumer_fetching(projection, topics, Some(BACKGROUND_FETCH_WAIT))
+    }
+
+    fn spawn_consumer_fetching<P: Projection + 'static>(
+        &mut self,
+        projection: P,
+        topics: &[Topic],
+        fetch_wait_max: Option<Duration>,
+    ) -> anyhow::Result<()> {
         let group = format!("{}.{}", self.kafka.namespace, projection.name());
         let topics = topics.iter().map(|t| self.kafka.topic(*t)).collect();
-        let settings = ConsumerSettings::new(group, topics, self.kafka.topic(Topic::DeadLetters));
+        let mut settings =
+            ConsumerSettings::new(group, topics, self.kafka.topic(Topic::DeadLetters));
+        settings.fetch_wait_max = fetch_wait_max;
         let consumer = TransactionalConsumer::new(
             &self.kafka,
             settings,
