@@ -368,6 +368,7 @@ async fn a_rejected_placement_is_retried_with_backoff_and_fails_after_max_attemp
                 worker_id: p.worker_id.clone(),
                 reason: "unknown_gpu: w-1/gpu-0 vanished (test)".into(),
                 retryable: true,
+                code: Some(RejectCode::UnknownGpu),
             }),
         )
         .await;
@@ -653,12 +654,15 @@ async fn a_batch_folds_to_the_same_tables_as_its_events_applied_one_by_one() {
             gpu_ids: vec![g(a), g(b)],
         })
     };
+    // The code as a version 2 event carries it (the router falls back to the reason's label
+    // only for version 1 events).
     let rejected = |id: Uuid, reason: &str, retryable: bool| {
         Event::WorkloadPlacementRejected(WorkloadPlacementRejected {
             workload_id: id,
             worker_id: "wf".into(),
             reason: reason.into(),
             retryable,
+            code: RejectCode::from_v1_reason(reason),
         })
     };
     let started = |id: Uuid| Event::WorkloadStarted(WorkloadStarted { workload_id: id });

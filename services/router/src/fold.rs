@@ -369,7 +369,7 @@ impl<'a> Fold<'a> {
             return Ok(());
         };
         let had = u32::try_from(row.attempts).unwrap_or(0);
-        let cause = RejectionCause::of(&p.reason);
+        let cause = RejectionCause::of(p);
         if cause == RejectionCause::Race {
             // The resource-manager saw a GPU held that this router's view had already freed (a
             // release it has not consumed yet): nobody's fault, so no attempt is spent and no

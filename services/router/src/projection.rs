@@ -13,6 +13,7 @@ use std::sync::Arc;
 use hcp_db::sqlx::PgConnection;
 use hcp_db::{ApplyError, Projection, Publish};
 use hcp_domain::breaker::Breaker;
+use hcp_events::payload::{RejectCode, WorkloadPlacementRejected};
 use hcp_events::{Envelope, Event};
 use tokio::sync::Notify;
 
@@ -154,7 +155,7 @@ impl Projection for RouterProjection {
     }
 }
 
-/// Whose fault a refused placement was, from the resource-manager's `<label>: <detail>` reason.
+/// Whose fault a refused placement was, from the rejection's code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectionCause {
     /// The worker (unknown, lost, or a GPU missing): counts against its circuit breaker.
@@ -167,38 +168,68 @@ pub enum RejectionCause {
 }
 
 impl RejectionCause {
-    /// Classifies a rejection reason.
-    pub fn of(reason: &str) -> Self {
-        match reason.split_once(':').map(|(label, _)| label.trim()) {
-            Some("unknown_worker" | "worker_lost" | "unknown_gpu") => Self::Worker,
-            Some("gpu_held" | "superseded") => Self::Race,
-            _ => Self::Other,
+    /// Classifies a rejection (by its `code`; a version 1 event by the label of its reason).
+    pub fn of(rejected: &WorkloadPlacementRejected) -> Self {
+        match RejectCode::of(rejected) {
+            Some(RejectCode::UnknownWorker | RejectCode::WorkerLost | RejectCode::UnknownGpu) => {
+                Self::Worker
+            }
+            Some(RejectCode::GpuHeld | RejectCode::Superseded) => Self::Race,
+            Some(RejectCode::BadProposal | RejectCode::GpuMismatch) | None => Self::Other,
         }
     }
 }
 
 #[cfg(test)]
 mod rejection_tests {
-    use super::RejectionCause;
+    use super::*;
+
+    fn rejected(reason: &str, code: Option<RejectCode>) -> WorkloadPlacementRejected {
+        WorkloadPlacementRejected {
+            workload_id: uuid::Uuid::nil(),
+            worker_id: "w-1".into(),
+            reason: reason.into(),
+            retryable: true,
+            code,
+        }
+    }
 
     #[test]
     fn only_worker_faults_feed_the_breaker_and_races_cost_no_attempt() {
+        let cause = |code| RejectionCause::of(&rejected("anything", Some(code)));
+        assert_eq!(cause(RejectCode::WorkerLost), RejectionCause::Worker);
+        assert_eq!(cause(RejectCode::UnknownWorker), RejectionCause::Worker);
+        assert_eq!(cause(RejectCode::UnknownGpu), RejectionCause::Worker);
+        assert_eq!(cause(RejectCode::GpuHeld), RejectionCause::Race);
+        assert_eq!(cause(RejectCode::Superseded), RejectionCause::Race);
+        assert_eq!(cause(RejectCode::GpuMismatch), RejectionCause::Other);
+        assert_eq!(cause(RejectCode::BadProposal), RejectionCause::Other);
+    }
+
+    #[test]
+    fn a_version_1_rejection_is_classified_by_the_label_of_its_reason() {
+        let v1 = |reason| RejectionCause::of(&rejected(reason, None));
         assert_eq!(
-            RejectionCause::of("worker_lost: worker w-1 is lost"),
+            v1("worker_lost: worker w-1 is lost"),
             RejectionCause::Worker
         );
         assert_eq!(
-            RejectionCause::of("unknown_gpu: w-1/gpu-9 is not on w-1"),
+            v1("unknown_gpu: w-1/gpu-9 is not on w-1"),
             RejectionCause::Worker
         );
         assert_eq!(
-            RejectionCause::of("gpu_held: w-1/gpu-0 is allocated to another workload"),
+            v1("gpu_held: w-1/gpu-0 is allocated to another workload"),
             RejectionCause::Race
         );
         assert_eq!(
-            RejectionCause::of("gpu_mismatch: w-1/gpu-0 is an A100"),
+            v1("gpu_mismatch: w-1/gpu-0 is an A100"),
             RejectionCause::Other
         );
-        assert_eq!(RejectionCause::of("no label at all"), RejectionCause::Other);
+        assert_eq!(v1("no label at all"), RejectionCause::Other);
+        // The code wins over the text.
+        assert_eq!(
+            RejectionCause::of(&rejected("gpu_held: text", Some(RejectCode::WorkerLost))),
+            RejectionCause::Worker
+        );
     }
 }

@@ -26,39 +26,8 @@ pub struct Holder {
     pub workload_id: Uuid,
 }
 
-/// Why a proposal was refused (the metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RejectReason {
-    /// A later proposal for the same workload exists.
-    Superseded,
-    /// The proposal itself is unusable (no GPUs, duplicates, wrong count).
-    BadProposal,
-    /// The worker never sent a heartbeat.
-    UnknownWorker,
-    /// The worker is lost.
-    WorkerLost,
-    /// A GPU is not on that worker.
-    UnknownGpu,
-    /// A GPU does not meet the workload's type or memory constraint.
-    GpuMismatch,
-    /// A GPU is allocated to another workload.
-    GpuHeld,
-}
-
-impl RejectReason {
-    /// Metric label.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Superseded => "superseded",
-            Self::BadProposal => "bad_proposal",
-            Self::UnknownWorker => "unknown_worker",
-            Self::WorkerLost => "worker_lost",
-            Self::UnknownGpu => "unknown_gpu",
-            Self::GpuMismatch => "gpu_mismatch",
-            Self::GpuHeld => "gpu_held",
-        }
-    }
-}
+/// Why a placement was refused: the wire's [`RejectCode`](hcp_events::payload::RejectCode).
+pub use hcp_events::payload::RejectCode as RejectReason;
 
 /// A refused proposal: the label and the sentence the router and the customer see.
 #[derive(Debug, Clone, PartialEq, Eq)]

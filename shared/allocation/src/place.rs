@@ -332,10 +332,9 @@ pub async fn place(
                 Event::WorkloadPlacementRejected(WorkloadPlacementRejected {
                     workload_id: r.workload_id,
                     worker_id: r.worker_id.to_owned(),
-                    // `<label>: <detail>`: the router reads the label to tell a worker's
-                    // fault from a race in the control plane.
                     reason: format!("{}: {}", rejection.reason.as_str(), rejection.detail),
                     retryable: fits,
+                    code: Some(rejection.reason),
                 })
             }
         };

@@ -308,7 +308,7 @@ pub struct WorkloadPlacementProposed {
     pub attempt: u32,
 }
 
-/// The resource-manager refused a proposed placement.
+/// A placement was refused by the allocation ledger (version 2 adds `code`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadPlacementRejected {
@@ -316,10 +316,73 @@ pub struct WorkloadPlacementRejected {
     pub workload_id: Uuid,
     /// The proposed worker.
     pub worker_id: String,
-    /// Why.
+    /// Why, for people: `<code>: <detail>`.
     pub reason: String,
     /// Whether trying again (elsewhere or later) can succeed.
     pub retryable: bool,
+    /// Why, for programs (absent in version 1 events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<RejectCode>,
+}
+
+/// Why the allocation ledger refused a placement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectCode {
+    /// A later proposal for the same workload exists.
+    Superseded,
+    /// The proposal itself is unusable (no GPUs, duplicates, wrong count).
+    BadProposal,
+    /// The worker never sent a heartbeat.
+    UnknownWorker,
+    /// The worker is lost.
+    WorkerLost,
+    /// A GPU is not on that worker.
+    UnknownGpu,
+    /// A GPU does not meet the workload's type or memory constraint.
+    GpuMismatch,
+    /// A GPU is allocated to another workload.
+    GpuHeld,
+}
+
+impl RejectCode {
+    /// Every code.
+    pub const ALL: [RejectCode; 7] = [
+        Self::Superseded,
+        Self::BadProposal,
+        Self::UnknownWorker,
+        Self::WorkerLost,
+        Self::UnknownGpu,
+        Self::GpuMismatch,
+        Self::GpuHeld,
+    ];
+
+    /// Wire value (also the metric label, and the label that starts `reason`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Superseded => "superseded",
+            Self::BadProposal => "bad_proposal",
+            Self::UnknownWorker => "unknown_worker",
+            Self::WorkerLost => "worker_lost",
+            Self::UnknownGpu => "unknown_gpu",
+            Self::GpuMismatch => "gpu_mismatch",
+            Self::GpuHeld => "gpu_held",
+        }
+    }
+
+    /// The code a version 1 event's `reason` starts with (`<code>: <detail>`), if any: how a
+    /// reader recovers the code of events recorded before `code` existed.
+    pub fn from_v1_reason(reason: &str) -> Option<Self> {
+        let (label, _) = reason.split_once(':')?;
+        Self::ALL.into_iter().find(|c| c.as_str() == label.trim())
+    }
+
+    /// The code of a rejection: its `code`, or for a version 1 event the label of its reason.
+    pub fn of(rejected: &WorkloadPlacementRejected) -> Option<Self> {
+        rejected
+            .code
+            .or_else(|| Self::from_v1_reason(&rejected.reason))
+    }
 }
 
 /// A running workload saved a checkpoint.
@@ -890,7 +953,7 @@ events! {
     /// `workload.placement_proposed` v1
     WorkloadPlacementProposed(WorkloadPlacementProposed) = "workload.placement_proposed" v 1,
     /// `workload.placement_rejected` v1
-    WorkloadPlacementRejected(WorkloadPlacementRejected) = "workload.placement_rejected" v 1,
+    WorkloadPlacementRejected(WorkloadPlacementRejected) = "workload.placement_rejected" v 2,
     /// `workload.scheduled` v1
     WorkloadScheduled(WorkloadScheduled) = "workload.scheduled" v 1,
     /// `workload.started` v1

@@ -49,8 +49,9 @@ fn sample(ty: EventType) -> Event {
             Event::WorkloadPlacementRejected(WorkloadPlacementRejected {
                 workload_id,
                 worker_id: "worker-a".into(),
-                reason: "worker-a/gpu-1 is allocated to another workload".into(),
+                reason: "gpu_held: GPU worker-a/gpu-1 is held by another workload".into(),
                 retryable: true,
+                code: Some(RejectCode::GpuHeld),
             })
         }
         EventType::WorkloadCheckpointed => Event::WorkloadCheckpointed(WorkloadCheckpointed {
