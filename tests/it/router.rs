@@ -106,14 +106,19 @@ fn gpus(worker: &str, n: usize) -> Vec<GpuSpec> {
 /// Appends `worker.registered` as the resource-manager would, and waits until the router's
 /// inventory has it (so feasibility checks see it).
 async fn register(env: &TestEnv, worker: &str, n: usize) {
+    register_with(env, worker, "site-a", gpus(worker, n)).await;
+}
+
+/// [`register`] with the worker's site and GPUs.
+async fn register_with(env: &TestEnv, worker: &str, site: &str, gpus: Vec<GpuSpec>) {
     let e = Envelope::new(
         worker_stream(worker),
         "resource-manager",
         Event::WorkerRegistered(WorkerRegistered {
             worker_id: worker.into(),
-            site: "site-a".into(),
+            site: site.into(),
             backend: "sim".into(),
-            gpus: gpus(worker, n),
+            gpus,
         }),
     );
     EventStore::new(env.pool.clone())
@@ -937,25 +942,7 @@ async fn placing_directly_schedules_in_one_step_and_refuses_what_the_ledger_does
     for g in &mut a100 {
         g.model = "A100".into();
     }
-    let e = Envelope::new(
-        worker_stream("w-2"),
-        "resource-manager",
-        Event::WorkerRegistered(WorkerRegistered {
-            worker_id: "w-2".into(),
-            site: "site-b".into(),
-            backend: "sim".into(),
-            gpus: a100,
-        }),
-    );
-    EventStore::new(env.pool.clone())
-        .append_and_commit(
-            &e.stream_id.clone(),
-            ExpectedVersion::Any,
-            &[e],
-            &Publish::to(env.topic(Topic::Resources)),
-        )
-        .await
-        .unwrap();
+    register_with(&env, "w-2", "site-b", a100).await;
     let mut s = submission(Some(WorkloadKind::Training), 2);
     s.gpu_type = Some("A100".into());
     let id = submit(&env, s).await;

@@ -23,8 +23,8 @@ use hcp_events::payload::{
 use hcp_events::{asic_command_stream, site_stream, workload_stream, Envelope, Event};
 use uuid::Uuid;
 
+use crate::append::{append_exact, envelope, publish, store_error, Cause, Topics};
 use crate::domain::WorkloadView;
-use crate::projection::{append_exact, envelope, publish, store_error, Cause, Topics};
 use crate::repo;
 
 /// `requested_by` of the pauses and resumes the optimizer's decisions cause.

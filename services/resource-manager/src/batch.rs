@@ -32,11 +32,10 @@ use hcp_events::{report_stream, workload_stream, Envelope, Event};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::append::{envelope, place_error, publish, store_error, Cause, MAX_ATTEMPTS, PRODUCER};
 use crate::domain::{decide_report, RejectReason, ReportDecision, RequeueKind, WorkloadView};
 use crate::metrics as m;
-use crate::projection::{
-    envelope, place_error, publish, store_error, Cause, ResourceManager, MAX_ATTEMPTS, PRODUCER,
-};
+use crate::projection::ResourceManager;
 use crate::repo::{self, RunUpdate};
 
 /// Proposals and reports waiting to be answered together.

@@ -12,10 +12,11 @@ use hcp_events::{worker_stream, Envelope, Event};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::append::{publish, requeue_run, store_error, Topics, PRODUCER};
 use crate::config::RmSettings;
 use crate::domain::RequeueKind;
+use crate::memo::HeartbeatMemo;
 use crate::metrics as m;
-use crate::projection::{publish, requeue_run, store_error, HeartbeatMemo, Topics, PRODUCER};
 use crate::repo;
 
 /// Why a sweep failed (it is retried at the next tick).

@@ -1,29 +1,36 @@
-//! hcp-resource-manager: the single writer of GPU allocations per pool (ADR 0004). It keeps
-//! the worker inventory and health from heartbeats, answers placement proposals under the
-//! pool's advisory lock (`workload.scheduled` plus a start command, or
+//! hcp-resource-manager: keeps the worker inventory and health from heartbeats (the fleet as
+//! the allocation ledger sees it), answers placement proposals through the allocation ledger
+//! (`hcp-allocation`: `workload.scheduled` plus a start command, or
 //! `workload.placement_rejected`), turns run reports into workload events, releases GPUs,
 //! sends device commands for cancel, pause, resume and preemption, and requeues the work of
-//! silent or restarted workers from their last checkpoint.
+//! silent or restarted workers from their last checkpoint. Every change to a pool's
+//! allocations, here or in the router's placement loop, runs under the pool's advisory lock
+//! (ADR 0004, ADR 0005).
 //!
 //! - [`domain`]: the decisions, pure;
 //! - [`repo`]: the SQL of its tables;
 //! - [`projection`]: the consumer-side projection ([`ResourceManager`]), with its batch path
-//!   (proposals and reports answered set-based) in `batch`;
+//!   (proposals and reports answered set-based) in `batch`, its appends in `append` and the
+//!   heartbeat memo in `memo`;
 //! - [`health`]: the periodic sweep ([`HealthSweep`]);
 //! - [`asic`]: optimizer decisions into ASIC commands per model.
 
+mod append;
 pub mod asic;
 mod batch;
 pub mod config;
 pub mod domain;
 pub mod health;
+mod memo;
 pub mod metrics;
 pub mod projection;
 pub mod repo;
 
+pub use append::{Topics, PRODUCER};
 pub use config::{RmSettings, Settings, DEFAULTS};
 pub use health::HealthSweep;
-pub use projection::{ResourceManager, Topics, PRODUCER};
+pub use memo::HeartbeatMemo;
+pub use projection::ResourceManager;
 
 use hcp_events::Topic;
 use hcp_service::ServiceContext;

@@ -13,8 +13,19 @@ use hcp_db::sqlx::PgPool;
 use hcp_db::{EventStore, ExpectedVersion, Publish, StoreError, StreamAppend};
 use hcp_events::{workload_stream, Envelope, Event};
 
-use crate::placer::Append;
+use uuid::Uuid;
+
 use crate::PRODUCER;
+
+/// One decision of a pass: an event to append to a workload stream at `expected`.
+#[derive(Debug, Clone)]
+pub(crate) struct Append {
+    pub(crate) workload_id: Uuid,
+    pub(crate) expected: i64,
+    pub(crate) correlation_id: Uuid,
+    pub(crate) causation_id: Uuid,
+    pub(crate) event: Event,
+}
 
 /// Appends every decision, a chunk per transaction.
 pub(crate) async fn append_all(

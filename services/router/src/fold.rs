@@ -18,7 +18,7 @@ use hcp_domain::classify::{classify, Classification};
 use hcp_domain::placement::{feasible_ever, FleetShape, PlacementRequest};
 use hcp_domain::{transition, WorkloadState};
 use hcp_events::payload::{
-    WorkloadFailed, WorkloadPlacementRejected, WorkloadQueued, WorkloadSubmitted,
+    RejectCode, WorkloadFailed, WorkloadPlacementRejected, WorkloadQueued, WorkloadSubmitted,
 };
 use hcp_events::{workload_stream, Envelope, Event};
 use serde::Serialize;
@@ -27,7 +27,6 @@ use uuid::Uuid;
 
 use crate::config::RouterConfig;
 use crate::metrics::{self as m, Rejection};
-use crate::projection::RejectionCause;
 use crate::repo::{self, kind_str};
 use crate::PRODUCER;
 
@@ -808,4 +807,83 @@ async fn write_breakers(
     .execute(tx)
     .await
     .map(|_| ())
+}
+
+/// Whose fault a refused placement was, from the rejection's code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RejectionCause {
+    /// The worker (unknown, lost, or a GPU missing): counts against its circuit breaker.
+    Worker,
+    /// A race between this router's view and the allocations (a GPU still held, a superseded
+    /// proposal): neither an attempt nor a breaker failure.
+    Race,
+    /// Anything else (a constraint the proposal did not meet): an attempt, not the worker's fault.
+    Other,
+}
+
+impl RejectionCause {
+    /// Classifies a rejection (by its `code`; a version 1 event by the label of its reason).
+    pub(crate) fn of(rejected: &WorkloadPlacementRejected) -> Self {
+        match RejectCode::of(rejected) {
+            Some(RejectCode::UnknownWorker | RejectCode::WorkerLost | RejectCode::UnknownGpu) => {
+                Self::Worker
+            }
+            Some(RejectCode::GpuHeld | RejectCode::Superseded) => Self::Race,
+            Some(RejectCode::BadProposal | RejectCode::GpuMismatch) | None => Self::Other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod rejection_tests {
+    use super::*;
+
+    fn rejected(reason: &str, code: Option<RejectCode>) -> WorkloadPlacementRejected {
+        WorkloadPlacementRejected {
+            workload_id: uuid::Uuid::nil(),
+            worker_id: "w-1".into(),
+            reason: reason.into(),
+            retryable: true,
+            code,
+        }
+    }
+
+    #[test]
+    fn only_worker_faults_feed_the_breaker_and_races_cost_no_attempt() {
+        let cause = |code| RejectionCause::of(&rejected("anything", Some(code)));
+        assert_eq!(cause(RejectCode::WorkerLost), RejectionCause::Worker);
+        assert_eq!(cause(RejectCode::UnknownWorker), RejectionCause::Worker);
+        assert_eq!(cause(RejectCode::UnknownGpu), RejectionCause::Worker);
+        assert_eq!(cause(RejectCode::GpuHeld), RejectionCause::Race);
+        assert_eq!(cause(RejectCode::Superseded), RejectionCause::Race);
+        assert_eq!(cause(RejectCode::GpuMismatch), RejectionCause::Other);
+        assert_eq!(cause(RejectCode::BadProposal), RejectionCause::Other);
+    }
+
+    #[test]
+    fn a_version_1_rejection_is_classified_by_the_label_of_its_reason() {
+        let v1 = |reason| RejectionCause::of(&rejected(reason, None));
+        assert_eq!(
+            v1("worker_lost: worker w-1 is lost"),
+            RejectionCause::Worker
+        );
+        assert_eq!(
+            v1("unknown_gpu: w-1/gpu-9 is not on w-1"),
+            RejectionCause::Worker
+        );
+        assert_eq!(
+            v1("gpu_held: w-1/gpu-0 is allocated to another workload"),
+            RejectionCause::Race
+        );
+        assert_eq!(
+            v1("gpu_mismatch: w-1/gpu-0 is an A100"),
+            RejectionCause::Other
+        );
+        assert_eq!(v1("no label at all"), RejectionCause::Other);
+        // The code wins over the text.
+        assert_eq!(
+            RejectionCause::of(&rejected("gpu_held: text", Some(RejectCode::WorkerLost))),
+            RejectionCause::Worker
+        );
+    }
 }

@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::commit;
+use crate::commit::{self, Append};
 use crate::config::RouterConfig;
 use crate::metrics::{self as m, Rejection};
 use crate::repo::{self, Changes, GpuRow, SiteRow, WorkloadRow};
@@ -143,16 +143,6 @@ struct Proposal {
 struct Preemption {
     victims: Vec<Uuid>,
     at: OffsetDateTime,
-}
-
-/// One event to append to a workload stream.
-#[derive(Debug, Clone)]
-pub(crate) struct Append {
-    pub(crate) workload_id: Uuid,
-    pub(crate) expected: i64,
-    pub(crate) correlation_id: Uuid,
-    pub(crate) causation_id: Uuid,
-    pub(crate) event: Event,
 }
 
 /// What one pass decided.

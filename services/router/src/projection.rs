@@ -4,7 +4,7 @@
 //! placement was refused for good. Effects, new events, outbox rows and consumer offsets
 //! commit together, so a crash either did all of it or none.
 //!
-//! Workload events are folded set-based by [`crate::fold`], a whole run of them at once (one
+//! Workload events are folded set-based by `crate::fold`, a whole run of them at once (one
 //! event on the one-by-one path); worker registrations and losses end a run and are applied
 //! on their own, so every event sees the tables as its predecessors left them.
 
@@ -13,7 +13,6 @@ use std::sync::Arc;
 use hcp_db::sqlx::PgConnection;
 use hcp_db::{ApplyError, Projection, Publish};
 use hcp_domain::breaker::Breaker;
-use hcp_events::payload::{RejectCode, WorkloadPlacementRejected};
 use hcp_events::{Envelope, Event};
 use tokio::sync::Notify;
 
@@ -152,84 +151,5 @@ impl Projection for RouterProjection {
                 .await?;
         }
         Ok(())
-    }
-}
-
-/// Whose fault a refused placement was, from the rejection's code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejectionCause {
-    /// The worker (unknown, lost, or a GPU missing): counts against its circuit breaker.
-    Worker,
-    /// A race between this router's view and the allocations (a GPU still held, a superseded
-    /// proposal): neither an attempt nor a breaker failure.
-    Race,
-    /// Anything else (a constraint the proposal did not meet): an attempt, not the worker's fault.
-    Other,
-}
-
-impl RejectionCause {
-    /// Classifies a rejection (by its `code`; a version 1 event by the label of its reason).
-    pub fn of(rejected: &WorkloadPlacementRejected) -> Self {
-        match RejectCode::of(rejected) {
-            Some(RejectCode::UnknownWorker | RejectCode::WorkerLost | RejectCode::UnknownGpu) => {
-                Self::Worker
-            }
-            Some(RejectCode::GpuHeld | RejectCode::Superseded) => Self::Race,
-            Some(RejectCode::BadProposal | RejectCode::GpuMismatch) | None => Self::Other,
-        }
-    }
-}
-
-#[cfg(test)]
-mod rejection_tests {
-    use super::*;
-
-    fn rejected(reason: &str, code: Option<RejectCode>) -> WorkloadPlacementRejected {
-        WorkloadPlacementRejected {
-            workload_id: uuid::Uuid::nil(),
-            worker_id: "w-1".into(),
-            reason: reason.into(),
-            retryable: true,
-            code,
-        }
-    }
-
-    #[test]
-    fn only_worker_faults_feed_the_breaker_and_races_cost_no_attempt() {
-        let cause = |code| RejectionCause::of(&rejected("anything", Some(code)));
-        assert_eq!(cause(RejectCode::WorkerLost), RejectionCause::Worker);
-        assert_eq!(cause(RejectCode::UnknownWorker), RejectionCause::Worker);
-        assert_eq!(cause(RejectCode::UnknownGpu), RejectionCause::Worker);
-        assert_eq!(cause(RejectCode::GpuHeld), RejectionCause::Race);
-        assert_eq!(cause(RejectCode::Superseded), RejectionCause::Race);
-        assert_eq!(cause(RejectCode::GpuMismatch), RejectionCause::Other);
-        assert_eq!(cause(RejectCode::BadProposal), RejectionCause::Other);
-    }
-
-    #[test]
-    fn a_version_1_rejection_is_classified_by_the_label_of_its_reason() {
-        let v1 = |reason| RejectionCause::of(&rejected(reason, None));
-        assert_eq!(
-            v1("worker_lost: worker w-1 is lost"),
-            RejectionCause::Worker
-        );
-        assert_eq!(
-            v1("unknown_gpu: w-1/gpu-9 is not on w-1"),
-            RejectionCause::Worker
-        );
-        assert_eq!(
-            v1("gpu_held: w-1/gpu-0 is allocated to another workload"),
-            RejectionCause::Race
-        );
-        assert_eq!(
-            v1("gpu_mismatch: w-1/gpu-0 is an A100"),
-            RejectionCause::Other
-        );
-        assert_eq!(v1("no label at all"), RejectionCause::Other);
-        // The code wins over the text.
-        assert_eq!(
-            RejectionCause::of(&rejected("gpu_held: text", Some(RejectCode::WorkerLost))),
-            RejectionCause::Worker
-        );
     }
 }

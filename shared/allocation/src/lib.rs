@@ -3,7 +3,7 @@
 //! under that lock, with the partial unique index on live allocations as the backstop: that is
 //! what "never double-book" rests on, whichever process places.
 //!
-//! Two callers place through [`place`], set-based:
+//! Two callers place through [`place()`], set-based:
 //! - the router's placement cycle, directly: the placement and the allocation are one step
 //!   (`workload.scheduled` and the start command in the cycle's transaction, no proposal hop);
 //! - the resource-manager, for `workload.placement_proposed` events (the handshake of ADR 0004,
@@ -12,7 +12,7 @@
 //! - [`check`]: whether a placement can be allocated, pure;
 //! - [`view`]: a workload stream folded into what a decision needs;
 //! - [`ledger`]: the SQL of the ledger's tables;
-//! - [`place`]: the decision and its writes.
+//! - [`mod@place`]: the decision and its writes.
 
 pub mod check;
 pub mod ledger;
