@@ -6,13 +6,15 @@
 //!   submission in the consumer's transaction (`workload.queued` or `workload.failed`),
 //!   tracks workers, GPUs and holdings, feeds the circuit breakers, and fails workloads whose
 //!   placement was refused too often;
-//! - [`placer`]: the placement loop (proposals, deadlines, preemption);
+//! - [`placer`]: the placement loop (placements, deadlines, preemption); its memory and
+//!   decisions in `cycle`, its writes in `commit`;
 //! - [`repo`]: the SQL; [`config`]: settings; [`metrics`]: metric names.
 //!
 //! The scheduling rules themselves are pure and live in `hcp-domain`.
 
 mod commit;
 pub mod config;
+mod cycle;
 mod fold;
 pub mod metrics;
 pub mod placer;

@@ -1,0 +1,908 @@
+//! The scheduling cycle's memory and decisions, free of I/O: the workloads, the fair queue,
+//! the workers and their GPUs as the router's tables last said, what earlier passes proposed,
+//! failed or preempted and are waiting to see reflected, and the pass itself (deadlines,
+//! placement, preemption) that turns that memory into a [`Plan`]. The loop that feeds it and
+//! writes its plans is [`crate::placer`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use hcp_domain::breaker::{Admission, Breaker, BreakerState};
+use hcp_domain::bucket::TokenBucket;
+use hcp_domain::placement::{
+    place_all, FreeIndex, GpuInfo, PlacementRequest, ScoreWeights, SiteAttributes, WorkerInfo,
+};
+use hcp_domain::preempt::{choose_victims, PreemptionPolicy, RunningWorkload};
+use hcp_domain::queue::FairQueue;
+use hcp_domain::WorkloadState;
+use hcp_events::payload::{WorkloadFailed, WorkloadPlacementProposed, WorkloadPreempted};
+use hcp_events::{Event, WorkloadKind};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::commit::Append;
+use crate::config::RouterConfig;
+use crate::metrics as m;
+use crate::repo::{self, Changes, GpuRow, SiteRow, WorkloadRow};
+
+/// Seconds between housekeeping rounds (site attributes, purging ended workloads).
+pub(crate) const HOUSEKEEPING_EVERY_S: i64 = 10;
+
+/// With nothing changed and no timer due, a pass is still run this often (token refills,
+/// cooldowns and anything else that only time changes).
+const IDLE_RECHECK_MS: i64 = 1000;
+
+/// Real-time workloads sit at these priorities (base 8 plus tier).
+const REALTIME_LEVELS: [u8; 3] = [10, 9, 8];
+
+#[derive(Debug, Clone)]
+struct Workload {
+    tenant: String,
+    kind: Option<WorkloadKind>,
+    priority: Option<u8>,
+    interruptible: bool,
+    request: PlacementRequest,
+    deadline: Option<OffsetDateTime>,
+    state: WorkloadState,
+    last_version: i64,
+    last_event_id: Uuid,
+    correlation_id: Uuid,
+    attempts: u32,
+    next_attempt_at: Option<OffsetDateTime>,
+    /// The recorded proposal waiting for an answer: (worker, GPUs, when).
+    proposed: Option<(String, Vec<String>, OffsetDateTime)>,
+    worker_id: Option<String>,
+    gpu_ids: Vec<String>,
+    progress_at: Option<OffsetDateTime>,
+    preempted_for: Option<Uuid>,
+    preempted_at: Option<OffsetDateTime>,
+}
+
+impl Workload {
+    fn from_row(r: WorkloadRow, state: WorkloadState) -> Self {
+        Self {
+            tenant: r.tenant_id,
+            kind: r.kind.as_deref().and_then(repo::parse_kind),
+            priority: r.priority.and_then(|p| u8::try_from(p).ok()),
+            interruptible: r.interruptible.unwrap_or(false),
+            request: PlacementRequest {
+                gpu_count: u32::try_from(r.gpu_count).unwrap_or(0),
+                gpu_type: r.gpu_type,
+                min_memory_mib: u64::try_from(r.gpu_memory_mib).unwrap_or(0),
+            },
+            deadline: r.deadline,
+            state,
+            last_version: r.last_version,
+            last_event_id: r.last_event_id,
+            correlation_id: r.correlation_id,
+            attempts: u32::try_from(r.attempts).unwrap_or(0),
+            next_attempt_at: r.next_attempt_at,
+            proposed: match (r.proposed_worker, r.proposed_gpus, r.proposed_at) {
+                (Some(w), Some(g), Some(at)) => Some((w, g, at)),
+                _ => None,
+            },
+            worker_id: r.worker_id,
+            gpu_ids: r.gpu_ids,
+            progress_at: r.progress_at,
+            preempted_for: r.preempted_for,
+            preempted_at: r.preempted_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct WorkerEntry {
+    site: String,
+    healthy: bool,
+    breaker: Breaker,
+}
+
+#[derive(Debug, Clone)]
+struct Gpu {
+    worker_id: String,
+    model: String,
+    memory_mib: u64,
+    held_by: Option<Uuid>,
+}
+
+/// A proposal waiting for its answer.
+#[derive(Debug, Clone)]
+struct Proposal {
+    /// The stream version of the proposal event.
+    version: i64,
+    worker_id: String,
+    gpu_ids: Vec<String>,
+    at: OffsetDateTime,
+}
+
+/// A wave of preemptions for one real-time workload.
+#[derive(Debug, Clone)]
+struct Preemption {
+    victims: Vec<Uuid>,
+    at: OffsetDateTime,
+}
+
+/// What one pass decided.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    pub(crate) expired: Vec<Append>,
+    pub(crate) proposals: Vec<Append>,
+    /// Per real-time workload, its victims' preempted events.
+    pub(crate) preemptions: Vec<(Uuid, Vec<Append>)>,
+    pub(crate) considered: usize,
+    /// The earliest end of a backoff the pass skipped.
+    pub(crate) backoff_due: Option<OffsetDateTime>,
+}
+
+/// Per append of a [`Plan`], the stream version it got (`None`: skipped or failed).
+#[derive(Debug, Default)]
+pub(crate) struct Appended {
+    pub(crate) expired: Vec<Option<i64>>,
+    pub(crate) proposed: Vec<Option<i64>>,
+    pub(crate) waves: Vec<Vec<Option<i64>>>,
+}
+
+/// What actually went through in a pass.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Done {
+    pub(crate) expired: u64,
+    pub(crate) placed: u64,
+    pub(crate) preempted: u64,
+}
+
+/// Everything the loop keeps in memory.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) watermark: i64,
+    workloads: HashMap<Uuid, Workload>,
+    queue: FairQueue<Uuid>,
+    deadlines: BTreeSet<(OffsetDateTime, Uuid)>,
+    /// Scheduled or running: preemption candidates.
+    running: HashSet<Uuid>,
+    workers: BTreeMap<String, WorkerEntry>,
+    gpus: HashMap<String, Gpu>,
+    worker_gpus: HashMap<String, BTreeSet<String>>,
+    pub(crate) sites: HashMap<String, SiteRow>,
+    proposals: HashMap<Uuid, Proposal>,
+    /// Deadline failures appended (stream version), until the row moves past them.
+    failing: HashMap<Uuid, i64>,
+    /// Preempted events appended (stream version), until the row moves past them.
+    pending_victims: HashMap<Uuid, i64>,
+    /// Real-time workload → its last wave of victims.
+    preemptions: HashMap<Uuid, Preemption>,
+    bucket: TokenBucket,
+    pub(crate) last_housekeeping: Option<OffsetDateTime>,
+    /// When a pass is next needed if no row changes: the earliest backoff, proposal or
+    /// preemption expiry, deadline or breaker transition seen by the last pass.
+    pub(crate) next_due: OffsetDateTime,
+}
+
+impl State {
+    pub(crate) fn new(config: &RouterConfig, now: OffsetDateTime) -> Self {
+        Self {
+            watermark: 0,
+            workloads: HashMap::new(),
+            queue: FairQueue::new(),
+            deadlines: BTreeSet::new(),
+            running: HashSet::new(),
+            workers: BTreeMap::new(),
+            gpus: HashMap::new(),
+            worker_gpus: HashMap::new(),
+            sites: HashMap::new(),
+            proposals: HashMap::new(),
+            failing: HashMap::new(),
+            pending_victims: HashMap::new(),
+            preemptions: HashMap::new(),
+            bucket: TokenBucket::new(config.preemption_burst, config.preemptions_per_minute, now),
+            last_housekeeping: None,
+            next_due: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    pub(crate) fn apply(&mut self, changes: Changes) {
+        for w in changes.workers {
+            self.workers.insert(
+                w.worker_id,
+                WorkerEntry {
+                    site: w.site,
+                    healthy: w.healthy,
+                    breaker: w.breaker.0,
+                },
+            );
+        }
+        for g in changes.gpus {
+            self.apply_gpu(g);
+        }
+        for r in changes.workloads {
+            self.apply_workload(r);
+        }
+        self.watermark = changes.next_watermark;
+    }
+
+    fn apply_gpu(&mut self, g: GpuRow) {
+        if let Some(old) = self.gpus.remove(&g.gpu_id) {
+            if let Some(set) = self.worker_gpus.get_mut(&old.worker_id) {
+                set.remove(&g.gpu_id);
+            }
+        }
+        if g.removed {
+            return;
+        }
+        self.worker_gpus
+            .entry(g.worker_id.clone())
+            .or_default()
+            .insert(g.gpu_id.clone());
+        self.gpus.insert(
+            g.gpu_id,
+            Gpu {
+                worker_id: g.worker_id,
+                model: g.model,
+                memory_mib: u64::try_from(g.memory_mib).unwrap_or(0),
+                held_by: g.held_by,
+            },
+        );
+    }
+
+    fn forget(&mut self, id: Uuid) {
+        if let Some(old) = self.workloads.remove(&id) {
+            if let Some(d) = old.deadline {
+                self.deadlines.remove(&(d, id));
+            }
+        }
+        self.queue.remove(&id);
+        self.running.remove(&id);
+        self.proposals.remove(&id);
+        self.failing.remove(&id);
+        self.pending_victims.remove(&id);
+        self.preemptions.remove(&id);
+    }
+
+    fn apply_workload(&mut self, r: WorkloadRow) {
+        let id = r.workload_id;
+        let Some(state) = WorkloadState::parse(&r.state) else {
+            tracing::warn!(workload_id = %id, state = %r.state, "unknown state in router_queue");
+            return;
+        };
+        if state.is_terminal() {
+            self.forget(id);
+            return;
+        }
+        let w = Workload::from_row(r, state);
+        if self
+            .proposals
+            .get(&id)
+            .is_some_and(|p| w.last_version > p.version || w.state != WorkloadState::Queued)
+        {
+            self.proposals.remove(&id);
+        }
+        // A proposal recorded in the table (e.g. made before a restart) blocks like one made now.
+        if let (WorkloadState::Queued, Some((worker_id, gpu_ids, at))) = (w.state, &w.proposed) {
+            self.proposals.entry(id).or_insert_with(|| Proposal {
+                version: w.last_version,
+                worker_id: worker_id.clone(),
+                gpu_ids: gpu_ids.clone(),
+                at: *at,
+            });
+        }
+        if self.failing.get(&id).is_some_and(|v| w.last_version >= *v) {
+            self.failing.remove(&id);
+        }
+        if self
+            .pending_victims
+            .get(&id)
+            .is_some_and(|v| w.last_version >= *v)
+        {
+            self.pending_victims.remove(&id);
+        }
+        let placeable = w.state == WorkloadState::Queued && w.priority.is_some();
+        match (placeable, self.queue.priority_of(&id)) {
+            (true, Some(p)) if Some(p) == w.priority => {}
+            (true, current) => {
+                if current.is_some() {
+                    self.queue.remove(&id);
+                }
+                if let Some(p) = w.priority {
+                    if let Err(e) = self.queue.push(id, p, &w.tenant) {
+                        tracing::warn!(workload_id = %id, error = %e, "cannot queue workload");
+                    }
+                }
+            }
+            (false, Some(_)) => {
+                self.queue.remove(&id);
+            }
+            (false, None) => {}
+        }
+        if let Some(d) = self.workloads.get(&id).and_then(|o| o.deadline) {
+            self.deadlines.remove(&(d, id));
+        }
+        if let (WorkloadState::Queued, Some(d)) = (w.state, w.deadline) {
+            self.deadlines.insert((d, id));
+        }
+        if matches!(w.state, WorkloadState::Scheduled | WorkloadState::Running) {
+            self.running.insert(id);
+        } else {
+            self.running.remove(&id);
+        }
+        self.workloads.insert(id, w);
+    }
+
+    /// Whether `id` may be placed now, and what it needs.
+    fn eligible(&self, id: &Uuid, now: OffsetDateTime) -> Option<&PlacementRequest> {
+        let w = self.workloads.get(id)?;
+        let ok = w.state == WorkloadState::Queued
+            && w.priority.is_some()
+            && !self.proposals.contains_key(id)
+            && !self.failing.contains_key(id)
+            && w.next_attempt_at.is_none_or(|t| t <= now)
+            && w.deadline.is_none_or(|d| d > now);
+        ok.then_some(&w.request)
+    }
+
+    /// Whether the victims of `id`'s last preemption wave are still stopping.
+    fn victims_stopping(&self, id: &Uuid) -> bool {
+        self.preemptions.get(id).is_some_and(|p| {
+            p.victims.iter().any(|v| {
+                self.pending_victims.contains_key(v)
+                    || self.workloads.get(v).is_some_and(|w| {
+                        w.state == WorkloadState::Preempted && w.preempted_for == Some(*id)
+                    })
+            })
+        })
+    }
+
+    fn append_for(&self, id: Uuid, event: Event) -> Option<Append> {
+        let w = self.workloads.get(&id)?;
+        Some(Append {
+            workload_id: id,
+            expected: w.last_version,
+            correlation_id: w.correlation_id,
+            causation_id: w.last_event_id,
+            event,
+        })
+    }
+
+    /// The fleet as the scheduler sees it now: GPUs held or promised are allocated; a half-open
+    /// worker with a proposal out has used its probe.
+    fn worker_infos(&self, now: OffsetDateTime, config: &RouterConfig) -> Vec<WorkerInfo> {
+        let promised: HashSet<&str> = self
+            .proposals
+            .values()
+            .flat_map(|p| p.gpu_ids.iter().map(String::as_str))
+            .collect();
+        let probing: HashSet<&str> = self
+            .proposals
+            .values()
+            .map(|p| p.worker_id.as_str())
+            .collect();
+        self.workers
+            .iter()
+            .map(|(id, w)| {
+                let mut admission = w.breaker.admission(now, &config.breaker);
+                if admission == Admission::Probe && probing.contains(id.as_str()) {
+                    admission = Admission::Deny;
+                }
+                let site = self.sites.get(&w.site).copied().unwrap_or_default();
+                let gpus = self
+                    .worker_gpus
+                    .get(id)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|gid| {
+                        let g = self.gpus.get(gid)?;
+                        Some(GpuInfo {
+                            gpu_id: gid.clone(),
+                            model: g.model.clone(),
+                            memory_mib: g.memory_mib,
+                            allocated: g.held_by.is_some() || promised.contains(gid.as_str()),
+                        })
+                    })
+                    .collect();
+                WorkerInfo {
+                    worker_id: id.clone(),
+                    site: w.site.clone(),
+                    healthy: w.healthy,
+                    admission,
+                    gpus,
+                    site_attributes: SiteAttributes {
+                        latency_ms: site.latency_ms,
+                        cost_per_gpu_hour: site.cost_per_gpu_hour,
+                    },
+                    profitability: site.profitability,
+                }
+            })
+            .collect()
+    }
+
+    /// Decides this pass: deadline failures, placements and preemptions.
+    pub(crate) fn plan(&mut self, now: OffsetDateTime, config: &RouterConfig) -> Plan {
+        let plan = self.decide(now, config);
+        self.next_due = self.next_due(now, config, plan.backoff_due);
+        plan
+    }
+
+    /// When the next pass is needed if nothing changes (see [`State::next_due`]).
+    fn next_due(
+        &self,
+        now: OffsetDateTime,
+        config: &RouterConfig,
+        backoff_due: Option<OffsetDateTime>,
+    ) -> OffsetDateTime {
+        let ms = |v: u64| time::Duration::milliseconds(i64::try_from(v).unwrap_or(i64::MAX));
+        let breakers = self.workers.values().filter_map(|w| match w.breaker {
+            Breaker::Open { until, .. } => Some(until),
+            Breaker::HalfOpen {
+                probe_started: Some(t),
+                ..
+            } => Some(t + ms(config.breaker.probe_timeout_ms)),
+            _ => None,
+        });
+        let proposals = self
+            .proposals
+            .values()
+            .map(|p| p.at + ms(config.proposal_timeout_ms));
+        let preemptions = self
+            .preemptions
+            .values()
+            .map(|p| p.at + ms(config.preemption_timeout_ms));
+        let deadline = self.deadlines.iter().map(|(d, _)| *d).find(|d| *d > now);
+        breakers
+            .chain(proposals)
+            .chain(preemptions)
+            .chain(deadline)
+            .chain(backoff_due)
+            .filter(|t| *t > now)
+            .fold(
+                now + time::Duration::milliseconds(IDLE_RECHECK_MS),
+                |a, b| a.min(b),
+            )
+    }
+
+    fn decide(&mut self, now: OffsetDateTime, config: &RouterConfig) -> Plan {
+        let mut plan = Plan::default();
+        let proposal_timeout = time::Duration::milliseconds(config.proposal_timeout_ms as i64);
+        self.proposals.retain(|_, p| now - p.at < proposal_timeout);
+        let preemption_timeout = time::Duration::milliseconds(config.preemption_timeout_ms as i64);
+        let workloads = &self.workloads;
+        self.preemptions.retain(|id, p| {
+            now - p.at < preemption_timeout
+                && workloads
+                    .get(id)
+                    .is_some_and(|w| w.state == WorkloadState::Queued)
+        });
+
+        // Deadlines.
+        let expired: Vec<(OffsetDateTime, Uuid)> = self
+            .deadlines
+            .iter()
+            .take_while(|(d, _)| *d <= now)
+            .copied()
+            .collect();
+        for (deadline, id) in expired {
+            if self.proposals.contains_key(&id) || self.failing.contains_key(&id) {
+                continue;
+            }
+            let when = deadline
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_else(|_| deadline.to_string());
+            let event = Event::WorkloadFailed(WorkloadFailed {
+                workload_id: id,
+                reason: format!("deadline {when} passed before placement"),
+            });
+            plan.expired.extend(self.append_for(id, event));
+        }
+
+        // Placement.
+        let mut infos = self.worker_infos(now, config);
+        let mut index = FreeIndex::new(&infos, ScoreWeights::default());
+        let mut first: Vec<(u8, Uuid)> = self
+            .preemptions
+            .keys()
+            .filter_map(|id| Some((self.workloads.get(id)?.priority?, *id)))
+            .collect();
+        first.sort_by(|a, b| b.cmp(a));
+        let first_ids: HashSet<Uuid> = first.iter().map(|(_, id)| *id).collect();
+        let mut backoff_due: Option<OffsetDateTime> = None;
+        let order = first
+            .iter()
+            .map(|(_, id)| *id)
+            .chain(
+                self.queue
+                    .drain_order()
+                    .map(|(id, _)| id)
+                    .filter(|id| !first_ids.contains(id)),
+            )
+            .filter_map(|id| {
+                let backoff = self
+                    .workloads
+                    .get(&id)
+                    .and_then(|w| w.next_attempt_at)
+                    .filter(|t| *t > now);
+                if let Some(t) = backoff {
+                    backoff_due = Some(backoff_due.map_or(t, |d: OffsetDateTime| d.min(t)));
+                }
+                self.eligible(&id, now).map(|r| (id, r))
+            });
+        let outcome = place_all(&mut index, order);
+        plan.backoff_due = backoff_due;
+        plan.considered = outcome.considered;
+        let mut placed: HashSet<Uuid> = HashSet::with_capacity(outcome.placed.len());
+        let mut placed_gpus: HashSet<String> = HashSet::new();
+        for (id, p) in outcome.placed {
+            let Some(w) = self.workloads.get(&id) else {
+                continue;
+            };
+            placed.insert(id);
+            placed_gpus.extend(p.gpu_ids.iter().cloned());
+            let event = Event::WorkloadPlacementProposed(WorkloadPlacementProposed {
+                workload_id: id,
+                worker_id: p.worker_id,
+                gpu_ids: p.gpu_ids,
+                score: p.score,
+                attempt: w.attempts.saturating_add(1),
+            });
+            plan.proposals.extend(self.append_for(id, event));
+        }
+
+        // Preemption for real-time work that still does not fit.
+        let candidates: Vec<Uuid> = REALTIME_LEVELS
+            .iter()
+            .flat_map(|p| self.queue.iter_level(*p))
+            .filter(|id| {
+                !placed.contains(*id)
+                    && self
+                        .workloads
+                        .get(*id)
+                        .is_some_and(|w| w.kind == Some(WorkloadKind::RealtimeInference))
+                    && self.eligible(id, now).is_some()
+                    && !self.victims_stopping(id)
+            })
+            .take(config.max_preemptions_per_tick)
+            .copied()
+            .collect();
+        if candidates.is_empty() {
+            return plan;
+        }
+        for info in &mut infos {
+            for g in &mut info.gpus {
+                g.allocated |= placed_gpus.contains(&g.gpu_id);
+            }
+        }
+        let mut running: Vec<RunningWorkload<Uuid>> = self
+            .running
+            .iter()
+            .filter(|id| !self.pending_victims.contains_key(*id))
+            .filter_map(|id| {
+                let w = self.workloads.get(id)?;
+                Some(RunningWorkload {
+                    id: *id,
+                    worker_id: w.worker_id.clone()?,
+                    gpu_ids: w.gpu_ids.clone(),
+                    priority: w.priority?,
+                    interruptible: w.interruptible,
+                    progress_at_risk_s: w
+                        .progress_at
+                        .map_or(0.0, |t| (now - t).as_seconds_f64().max(0.0)),
+                    last_preempted_at: w.preempted_at,
+                    stopping: false,
+                })
+            })
+            .collect();
+        running.sort_by_key(|r| r.id);
+        let policy = PreemptionPolicy {
+            victim_cooldown: time::Duration::seconds(config.victim_cooldown_s as i64),
+        };
+        for id in candidates {
+            let Some(w) = self.workloads.get(&id) else {
+                continue;
+            };
+            let Some(priority) = w.priority else { continue };
+            let Some(choice) = choose_victims(&w.request, priority, &infos, &running, now, &policy)
+            else {
+                continue;
+            };
+            let n = u32::try_from(choice.victims.len()).unwrap_or(u32::MAX);
+            if !self.bucket.try_take(n, now) {
+                tracing::debug!(workload_id = %id, victims = n, "preemption rate-limited");
+                break;
+            }
+            running.retain(|r| !choice.victims.contains(&r.id));
+            let appends = choice
+                .victims
+                .iter()
+                .filter_map(|v| {
+                    self.append_for(
+                        *v,
+                        Event::WorkloadPreempted(WorkloadPreempted {
+                            workload_id: *v,
+                            for_workload_id: id,
+                            reason: format!(
+                                "making room on {} for real-time workload {id} (priority {priority})",
+                                choice.worker_id
+                            ),
+                        }),
+                    )
+                })
+                .collect();
+            plan.preemptions.push((id, appends));
+        }
+        plan
+    }
+
+    /// Remembers what the plan appended: proposals (until answered), deadline failures and
+    /// preemption waves (until their rows move past them).
+    pub(crate) fn record(&mut self, plan: &Plan, appended: Appended, now: OffsetDateTime) -> Done {
+        let mut done = Done::default();
+        for (a, v) in plan.expired.iter().zip(appended.expired) {
+            if let Some(v) = v {
+                self.failing.insert(a.workload_id, v);
+                done.expired += 1;
+                tracing::info!(workload_id = %a.workload_id, "deadline passed before placement");
+            }
+        }
+        for (a, v) in plan.proposals.iter().zip(appended.proposed) {
+            let (Some(v), Event::WorkloadPlacementProposed(p)) = (v, &a.event) else {
+                continue;
+            };
+            done.placed += 1;
+            self.proposals.insert(
+                a.workload_id,
+                Proposal {
+                    version: v,
+                    worker_id: p.worker_id.clone(),
+                    gpu_ids: p.gpu_ids.clone(),
+                    at: now,
+                },
+            );
+        }
+        for ((id, appends), versions) in plan.preemptions.iter().zip(appended.waves) {
+            let mut victims = Vec::new();
+            for (a, v) in appends.iter().zip(versions) {
+                if let Some(v) = v {
+                    self.pending_victims.insert(a.workload_id, v);
+                    victims.push(a.workload_id);
+                }
+            }
+            if !victims.is_empty() {
+                done.preempted += victims.len() as u64;
+                tracing::info!(workload_id = %id, victims = ?victims, "preempting for real-time work");
+                self.preemptions
+                    .insert(*id, Preemption { victims, at: now });
+            }
+        }
+        done
+    }
+
+    pub(crate) fn record_metrics(&self, now: OffsetDateTime) {
+        for (p, label) in (1..=10u8).zip(m::PRIORITY_LABELS) {
+            metrics::gauge!(m::QUEUE_DEPTH, "priority" => label).set(self.queue.len_at(p) as f64);
+        }
+        let mut counts = [0usize; 3];
+        for w in self.workers.values() {
+            let i = match w.breaker.state(now) {
+                BreakerState::Closed => 0,
+                BreakerState::Open => 1,
+                BreakerState::HalfOpen => 2,
+            };
+            counts[i] += 1;
+        }
+        for (state, n) in ["closed", "open", "half_open"].into_iter().zip(counts) {
+            metrics::gauge!(m::BREAKERS, "state" => state).set(n as f64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hcp_db::sqlx::types::Json;
+    use repo::WorkerRow;
+    use time::macros::datetime;
+
+    const NOW: OffsetDateTime = datetime!(2026-11-23 12:00 UTC);
+
+    fn config() -> RouterConfig {
+        let mut c = RouterConfig::defaults().unwrap();
+        c.preemption_burst = 1;
+        c.preemptions_per_minute = 1.0;
+        c
+    }
+
+    fn worker(id: &str, gpus: usize) -> (WorkerRow, Vec<GpuRow>) {
+        (
+            WorkerRow {
+                worker_id: id.into(),
+                site: "s".into(),
+                healthy: true,
+                breaker: Json(Breaker::default()),
+            },
+            (0..gpus)
+                .map(|i| GpuRow {
+                    gpu_id: format!("{id}/gpu-{i}"),
+                    worker_id: id.into(),
+                    model: "H100".into(),
+                    memory_mib: 81920,
+                    removed: false,
+                    held_by: None,
+                })
+                .collect(),
+        )
+    }
+
+    fn row(n: u128, kind: WorkloadKind, priority: i16, gpus: i32) -> WorkloadRow {
+        WorkloadRow {
+            workload_id: Uuid::from_u128(n),
+            tenant_id: "t".into(),
+            kind: Some(repo::kind_str(kind).into()),
+            priority: Some(priority),
+            interruptible: Some(kind != WorkloadKind::RealtimeInference),
+            gpu_count: gpus,
+            gpu_type: None,
+            gpu_memory_mib: 0,
+            deadline: None,
+            state: "queued".into(),
+            last_version: 2,
+            last_event_id: Uuid::from_u128(1000 + n),
+            correlation_id: Uuid::from_u128(2000 + n),
+            attempts: 0,
+            next_attempt_at: None,
+            proposed_worker: None,
+            proposed_gpus: None,
+            proposed_at: None,
+            worker_id: None,
+            gpu_ids: vec![],
+            progress_at: None,
+            preempted_for: None,
+            preempted_at: None,
+            queued_at: Some(NOW - time::Duration::seconds(10)),
+            submitted_at: NOW - time::Duration::seconds(10),
+        }
+    }
+
+    fn state(workers: Vec<(WorkerRow, Vec<GpuRow>)>, workloads: Vec<WorkloadRow>) -> State {
+        let mut s = State::new(&config(), NOW);
+        let (workers, gpus): (Vec<_>, Vec<_>) = workers.into_iter().unzip();
+        s.apply(Changes {
+            next_watermark: 1,
+            workers,
+            gpus: gpus.into_iter().flatten().collect(),
+            workloads,
+        });
+        s
+    }
+
+    /// Pretends every append of the plan went through at the next stream version.
+    fn all_appended(plan: &Plan) -> Appended {
+        Appended {
+            expired: plan.expired.iter().map(|a| Some(a.expected + 1)).collect(),
+            proposed: plan
+                .proposals
+                .iter()
+                .map(|a| Some(a.expected + 1))
+                .collect(),
+            waves: plan
+                .preemptions
+                .iter()
+                .map(|(_, w)| w.iter().map(|a| Some(a.expected + 1)).collect())
+                .collect(),
+        }
+    }
+
+    fn proposed_ids(plan: &Plan) -> Vec<Uuid> {
+        plan.proposals.iter().map(|a| a.workload_id).collect()
+    }
+
+    #[test]
+    fn free_gpus_are_proposed_once_and_stay_promised_until_answered() {
+        let mut s = state(
+            vec![worker("w", 2)],
+            (1..=3)
+                .map(|n| row(n, WorkloadKind::BatchInference, 5, 1))
+                .collect(),
+        );
+        let plan = s.plan(NOW, &config());
+        assert_eq!(plan.proposals.len(), 2);
+        assert!(plan.proposals.iter().all(|a| a.expected == 2));
+        let done = s.record(&plan, all_appended(&plan), NOW);
+        assert_eq!(done.placed, 2);
+        // Next pass: the same GPUs are promised and the same workloads are waiting.
+        assert!(s.plan(NOW, &config()).proposals.is_empty());
+        // A rejection for one of them frees its GPU for the third workload.
+        let rejected = proposed_ids(&plan)[0];
+        let mut r = row(rejected.as_u128(), WorkloadKind::BatchInference, 5, 1);
+        r.last_version = 4;
+        r.attempts = 1;
+        r.next_attempt_at = Some(NOW + time::Duration::milliseconds(300));
+        s.apply(Changes {
+            next_watermark: 2,
+            workloads: vec![r],
+            ..Changes::default()
+        });
+        let plan = s.plan(NOW, &config());
+        assert_eq!(
+            proposed_ids(&plan),
+            vec![Uuid::from_u128(3)],
+            "backoff holds it back"
+        );
+        // With nothing else changing, the next pass is due when the backoff ends.
+        assert_eq!(s.next_due, NOW + time::Duration::milliseconds(300));
+        // And nothing sticks: an unanswered proposal is forgotten after the timeout.
+        let later = NOW + time::Duration::milliseconds(config().proposal_timeout_ms as i64 + 1);
+        assert_eq!(s.plan(later, &config()).proposals.len(), 2);
+    }
+
+    #[test]
+    fn a_recorded_proposal_blocks_after_a_restart() {
+        let mut r = row(1, WorkloadKind::BatchInference, 5, 1);
+        r.last_version = 3;
+        r.proposed_worker = Some("w".into());
+        r.proposed_gpus = Some(vec!["w/gpu-0".into()]);
+        r.proposed_at = Some(NOW);
+        let mut s = state(
+            vec![worker("w", 2)],
+            vec![r, row(2, WorkloadKind::BatchInference, 5, 1)],
+        );
+        let plan = s.plan(NOW, &config());
+        assert_eq!(proposed_ids(&plan), vec![Uuid::from_u128(2)]);
+        let Event::WorkloadPlacementProposed(p) = &plan.proposals[0].event else {
+            panic!()
+        };
+        assert_eq!(p.gpu_ids, vec!["w/gpu-1"]);
+    }
+
+    #[test]
+    fn a_passed_deadline_fails_a_queued_workload_once() {
+        let mut r = row(1, WorkloadKind::BatchInference, 5, 1);
+        r.deadline = Some(NOW - time::Duration::seconds(1));
+        let mut s = state(vec![], vec![r]);
+        let plan = s.plan(NOW, &config());
+        assert_eq!(plan.expired.len(), 1);
+        let Event::WorkloadFailed(f) = &plan.expired[0].event else {
+            panic!()
+        };
+        assert_eq!(
+            f.reason,
+            "deadline 2026-11-23T11:59:59Z passed before placement"
+        );
+        s.record(&plan, all_appended(&plan), NOW);
+        assert!(s.plan(NOW, &config()).expired.is_empty());
+    }
+
+    #[test]
+    fn realtime_work_preempts_within_the_rate_limit_and_only_once_per_wave() {
+        let (w, mut gpus) = worker("w", 2);
+        let mut train = row(1, WorkloadKind::Training, 2, 2);
+        train.state = "running".into();
+        train.worker_id = Some("w".into());
+        train.gpu_ids = gpus.iter().map(|g| g.gpu_id.clone()).collect();
+        train.progress_at = Some(NOW - time::Duration::minutes(3));
+        for g in &mut gpus {
+            g.held_by = Some(train.workload_id);
+        }
+        let mut s = state(
+            vec![(w, gpus)],
+            vec![
+                train,
+                row(2, WorkloadKind::RealtimeInference, 10, 2),
+                row(3, WorkloadKind::RealtimeInference, 9, 1),
+            ],
+        );
+        let plan = s.plan(NOW, &config());
+        assert!(plan.proposals.is_empty());
+        // Burst of one: only the first real-time workload gets a wave.
+        assert_eq!(plan.preemptions.len(), 1);
+        let (rt, victims) = &plan.preemptions[0];
+        assert_eq!(*rt, Uuid::from_u128(2));
+        assert_eq!(victims.len(), 1);
+        let Event::WorkloadPreempted(p) = &victims[0].event else {
+            panic!()
+        };
+        assert_eq!(
+            (p.workload_id, p.for_workload_id),
+            (Uuid::from_u128(1), *rt)
+        );
+        s.record(&plan, all_appended(&plan), NOW);
+        // A minute later the bucket has a token again, but the wave is still stopping and the
+        // victim is taken: no second preemption.
+        let later = NOW + time::Duration::minutes(1);
+        assert!(s.plan(later, &config()).preemptions.is_empty());
+    }
+}
