@@ -27,6 +27,17 @@ const WAIT: Duration = Duration::from_secs(40);
 const POLL: Duration = Duration::from_millis(50);
 
 /// A router running in-process: consumer + placement loop + relay.
+/// How the in-process router places.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    /// Proposes; the test answers as the resource-manager would.
+    Propose,
+    /// Places directly through the allocation ledger.
+    Direct,
+    /// No placement loop (the test drives passes itself).
+    NoPlacer,
+}
+
 struct Router {
     token: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -36,11 +47,10 @@ struct Router {
 impl Router {
     /// Proposing, with the test in the resource-manager's place.
     fn start(env: &TestEnv, config: RouterConfig) -> Self {
-        Self::start_with(env, config, false)
+        Self::start_with(env, config, Mode::Propose)
     }
 
-    /// `direct`: placing through the allocation ledger.
-    fn start_with(env: &TestEnv, config: RouterConfig, direct: bool) -> Self {
+    fn start_with(env: &TestEnv, config: RouterConfig, mode: Mode) -> Self {
         let config = Arc::new(config);
         let wake = Arc::new(Notify::new());
         let topic = env.topic(Topic::Workloads);
@@ -62,15 +72,26 @@ impl Router {
         let token = CancellationToken::new();
         let t = token.clone();
         let consumer = tokio::spawn(async move { consumer.run(t).await.expect("consumer") });
+        let mut tasks = vec![consumer];
         let mut placer = Placer::new(env.pool.clone(), config, topic, wake);
-        if direct {
-            placer = placer.placing_directly(env.topic(Topic::DeviceCommands));
+        match mode {
+            Mode::Propose => {}
+            Mode::Direct => placer = placer.placing_directly(env.topic(Topic::DeviceCommands)),
+            Mode::NoPlacer => {
+                return Self {
+                    token,
+                    tasks,
+                    relay: start_relay(env),
+                }
+            }
         }
         let t = token.clone();
-        let placer = tokio::spawn(async move { placer.run(t).await.expect("placer") });
+        tasks.push(tokio::spawn(
+            async move { placer.run(t).await.expect("placer") },
+        ));
         Self {
             token,
-            tasks: vec![consumer, placer],
+            tasks,
             relay: start_relay(env),
         }
     }
@@ -879,7 +900,7 @@ async fn heartbeat(env: &TestEnv, worker: &str, n: usize) {
 async fn placing_directly_schedules_in_one_step_and_refuses_what_the_ledger_does_not_know() {
     let env = TestEnv::new().await;
     heartbeat(&env, "w-1", 8).await;
-    let router = Router::start_with(&env, config(), true);
+    let router = Router::start_with(&env, config(), Mode::Direct);
     register(&env, "w-1", 8).await;
 
     let id = submit(&env, submission(Some(WorkloadKind::Training), 2)).await;
@@ -993,5 +1014,87 @@ async fn placing_directly_schedules_in_one_step_and_refuses_what_the_ledger_does
             .await
             .unwrap();
     assert_eq!(held, 0);
+    router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_placement_loops_placing_directly_at_once_never_double_book() {
+    let env = TestEnv::new().await;
+    heartbeat(&env, "w-1", 8).await;
+    // The router's consumer and relay, without its own placement loop.
+    let router = Router::start_with(&env, config(), Mode::NoPlacer);
+    register(&env, "w-1", 8).await;
+    let mut ids = Vec::new();
+    for _ in 0..12 {
+        ids.push(submit(&env, submission(Some(WorkloadKind::Training), 2)).await);
+    }
+    let pool = env.pool.clone();
+    assert!(
+        wait_until(WAIT, POLL, || {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM router_queue WHERE state = 'queued' \
+                     AND priority IS NOT NULL",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(0)
+                    == 12
+            }
+        })
+        .await,
+        "the router never classified the 12 workloads"
+    );
+    // Two placement loops (two router instances) over the same tables, one pass each, at once:
+    // both see 12 queued workloads and 8 free GPUs.
+    let placer = || {
+        Placer::new(
+            env.pool.clone(),
+            Arc::new(config()),
+            env.topic(Topic::Workloads),
+            Arc::new(Notify::new()),
+        )
+        .placing_directly(env.topic(Topic::DeviceCommands))
+    };
+    let (mut a, mut b) = (placer(), placer());
+    let (ra, rb) = tokio::join!(a.pass(), b.pass());
+    ra.unwrap();
+    rb.unwrap();
+
+    let log = EventStore::new(env.pool.clone())
+        .read_all(0, 100_000)
+        .await
+        .unwrap();
+    let mut holder: std::collections::HashMap<String, Uuid> = Default::default();
+    let mut scheduled: std::collections::HashMap<Uuid, usize> = Default::default();
+    for r in &log {
+        if let Event::WorkloadScheduled(s) = &r.envelope.payload {
+            *scheduled.entry(s.workload_id).or_default() += 1;
+            for g in &s.gpu_ids {
+                if let Some(other) = holder.insert(g.clone(), s.workload_id) {
+                    panic!("GPU {g} given to {} while {other} holds it", s.workload_id);
+                }
+            }
+        }
+    }
+    assert_eq!(scheduled.len(), 4, "8 GPUs hold four 2-GPU workloads");
+    assert!(scheduled.values().all(|n| *n == 1), "{scheduled:?}");
+    let live: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM rm_allocations WHERE released_at IS NULL")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(live, 8);
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_runs WHERE state = 'scheduled'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(runs, 4);
+    let starts = EventStore::new(env.pool.clone())
+        .read_stream(&hcp_events::command_stream("w-1"))
+        .await
+        .unwrap();
+    assert_eq!(starts.len(), 4, "one start command per placement");
     router.stop().await;
 }

@@ -131,6 +131,7 @@ impl ResourceManager {
         tx: &mut PgConnection,
         events: &[&Envelope],
     ) -> Result<(), ApplyError> {
+        self.lock_pools_of(tx, events).await?;
         let mut group = Group::default();
         for &e in events {
             match group.offer(e) {
@@ -160,6 +161,40 @@ impl ResourceManager {
         self.close(tx, &mut group).await
     }
 
+    /// Takes, in name order, the locks of the pools the batch's proposals, reports and workload
+    /// events will lock anyway (advisory locks are re-entrant, and held to the commit either
+    /// way). Taken one by one in event order instead, they could deadlock against another
+    /// placer (the router's placement loop, a second resource-manager) taking them in name
+    /// order. Heartbeats lock a pool only when they change its allocations, rarely: left out.
+    async fn lock_pools_of(
+        &self,
+        tx: &mut PgConnection,
+        events: &[&Envelope],
+    ) -> Result<(), ApplyError> {
+        let mut workers: Vec<&str> = Vec::new();
+        let mut workloads: Vec<Uuid> = Vec::new();
+        for e in events {
+            match &e.payload {
+                Event::WorkloadPlacementProposed(p) => workers.push(&p.worker_id),
+                Event::RunReported(r) => workloads.push(r.workload_id),
+                Event::WorkloadCancelled(_)
+                | Event::WorkloadPaused(_)
+                | Event::WorkloadResumed(_)
+                | Event::WorkloadPreempted(_)
+                | Event::WorkloadFailed(_)
+                | Event::WorkloadCompleted(_)
+                | Event::WorkloadRequeued(_) => workloads.extend(e.payload.workload_id()),
+                _ => {}
+            }
+        }
+        if workers.is_empty() && workloads.is_empty() {
+            return Ok(());
+        }
+        let sites = repo::sites_of(tx, &workers, &workloads).await?;
+        repo::lock_pools(tx, sites.iter().map(String::as_str)).await?;
+        Ok(())
+    }
+
     /// Answers what the group holds and empties it.
     async fn close(&self, tx: &mut PgConnection, group: &mut Group<'_>) -> Result<(), ApplyError> {
         if group.is_empty() {
@@ -168,14 +203,16 @@ impl ResourceManager {
         let Group {
             proposals, reports, ..
         } = std::mem::take(group);
-        // Alone, the one-by-one path costs fewer statements.
-        if !proposals.is_empty() {
-            self.answer_proposals(tx, &proposals).await?;
-        }
+        // Reports first: what they release is free for the proposals (the group holds them on
+        // distinct streams and workloads, so either order is one the broker could deliver).
+        // Alone, a report costs fewer statements one by one.
         match reports.as_slice() {
             [] => {}
             [(e, r)] => self.on_report(tx, e, r).await?,
             _ => self.record_reports(tx, &reports).await?,
+        }
+        if !proposals.is_empty() {
+            self.answer_proposals(tx, &proposals).await?;
         }
         Ok(())
     }

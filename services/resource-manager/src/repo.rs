@@ -446,3 +446,21 @@ pub async fn update_runs(
     .await
     .map(|_| ())
 }
+
+/// The pools (sites) of these workers and of the live allocations of these workloads.
+pub async fn sites_of(
+    conn: &mut PgConnection,
+    worker_ids: &[&str],
+    workload_ids: &[Uuid],
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT site FROM rm_workers WHERE worker_id = ANY($1) \
+         UNION \
+         SELECT w.site FROM rm_allocations a JOIN rm_workers w ON w.worker_id = a.worker_id \
+         WHERE a.workload_id = ANY($2) AND a.released_at IS NULL",
+    )
+    .bind(worker_ids)
+    .bind(workload_ids)
+    .fetch_all(conn)
+    .await
+}
