@@ -46,6 +46,29 @@ async fn events_seen(env: &TestEnv) -> i64 {
         .unwrap_or(0)
 }
 
+/// Waits until the workload board's stored offsets cover every message on the `workloads`
+/// topic (a relay that was killed mid-publish leaves duplicates there: they count too).
+async fn consumed_everything(env: &TestEnv) -> bool {
+    let on_the_wire = count_messages(&env.kafka, &env.topic(Topic::Workloads)).await;
+    wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        || async {
+            sqlx::query_scalar::<_, Option<i64>>(
+                "SELECT sum(next_offset)::bigint FROM consumer_offsets \
+                 WHERE consumer = 'workload-board'",
+            )
+            .fetch_one(&env.pool)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+                >= on_the_wire
+        },
+    )
+    .await
+}
+
 async fn outbox_len(env: &TestEnv) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM outbox")
         .fetch_one(&env.pool)
@@ -124,8 +147,12 @@ async fn killing_the_consumer_mid_batch_and_restarting_it_loses_nothing_and_appl
         || async { events_seen(&env).await >= EVENTS },
     )
     .await;
-    // Let it run a moment past completion so a double apply would show.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Kill it only once it has consumed every message on the topic, duplicates included, so a
+    // double apply would show.
+    assert!(
+        consumed_everything(&env).await,
+        "the consumer never drained its topic"
+    );
     kill_hard(&mut node);
     assert!(
         done,
@@ -179,7 +206,10 @@ async fn killing_the_outbox_relay_mid_publish_and_restarting_it_loses_nothing() 
         )
         .await
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        consumed_everything(&env).await,
+        "the consumer never drained its topic"
+    );
     board.stop().await;
     assert_exactly_once(&env).await;
 }

@@ -184,8 +184,23 @@ async fn a_concurrent_append_at_the_same_sequence_fails_with_a_conflict() {
         }
         r
     });
-    // The second writer is now blocked on the stream row; let the first commit.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The second writer blocks on the stream row: PostgreSQL shows it waiting on a lock.
+    let waiting = wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(5),
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&env.pool)
+            .await
+            .unwrap_or(0)
+                > 0
+        },
+    )
+    .await;
+    assert!(waiting, "the second writer never waited on the stream row");
     assert!(
         !second.is_finished(),
         "the second writer must wait for the first"

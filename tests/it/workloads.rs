@@ -186,7 +186,13 @@ async fn realtime_work_preempts_training_which_later_completes_from_its_checkpoi
     let training = trainer.submit_ok(job(2, 200)).await;
     assert!(trainer.wait_state(training, "running", LONG).await);
     // Let it make progress past a checkpoint.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let checkpointed = wait_until(LONG, Duration::from_millis(100), || async {
+        event_log(&env.pool).await.iter().any(|e| {
+            e.stream_id == format!("workload-{training}") && e.event_type == "workload.checkpointed"
+        })
+    })
+    .await;
+    assert!(checkpointed, "the training never checkpointed");
 
     let realtime = shop
         .submit_ok(
