@@ -306,15 +306,6 @@ mod tests {
     use hcp_events::payload::*;
     use hcp_events::{workload_stream, Envelope};
 
-    fn check(
-        s: &WorkloadSubmitted,
-        p: &WorkloadPlacementProposed,
-        w: Option<&WorkerInfo>,
-        h: &[Holder],
-    ) -> Result<(), Rejection> {
-        check_placement(s, &p.worker_id, &p.gpu_ids, w, h)
-    }
-
     fn id() -> Uuid {
         Uuid::from_u128(7)
     }
@@ -324,14 +315,6 @@ mod tests {
             gpu_id: format!("w/gpu-{n}"),
             model: "H100".into(),
             memory_mib: 81_559,
-        }
-    }
-
-    fn worker(healthy: bool) -> WorkerInfo {
-        WorkerInfo {
-            worker_id: "w".into(),
-            healthy,
-            gpus: (0..8).map(gpu).collect(),
         }
     }
 
@@ -381,74 +364,6 @@ mod tests {
             last_checkpoint,
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn a_free_healthy_gang_is_accepted() {
-        let r = check(&submitted(2), &proposal(&[0, 1]), Some(&worker(true)), &[]);
-        assert_eq!(r, Ok(()));
-    }
-
-    #[test]
-    fn a_held_gpu_is_refused_naming_its_holder() {
-        let holder = Uuid::from_u128(99);
-        let r = check(
-            &submitted(2),
-            &proposal(&[0, 1]),
-            Some(&worker(true)),
-            &[Holder {
-                gpu_id: "w/gpu-1".into(),
-                workload_id: holder,
-            }],
-        )
-        .unwrap_err();
-        assert_eq!(r.reason, RejectReason::GpuHeld);
-        assert_eq!(
-            r.detail,
-            format!("GPU w/gpu-1 is held by workload {holder}")
-        );
-    }
-
-    #[test]
-    fn every_precondition_has_its_own_reason() {
-        let s = submitted(2);
-        let cases = [
-            (proposal(&[]), Some(worker(true)), RejectReason::BadProposal),
-            (
-                proposal(&[1, 1]),
-                Some(worker(true)),
-                RejectReason::BadProposal,
-            ),
-            (
-                proposal(&[1]),
-                Some(worker(true)),
-                RejectReason::BadProposal,
-            ),
-            (proposal(&[0, 1]), None, RejectReason::UnknownWorker),
-            (
-                proposal(&[0, 1]),
-                Some(worker(false)),
-                RejectReason::WorkerLost,
-            ),
-            (
-                proposal(&[0, 9]),
-                Some(worker(true)),
-                RejectReason::UnknownGpu,
-            ),
-        ];
-        for (p, w, want) in cases {
-            let got = check(&s, &p, w.as_ref(), &[]).unwrap_err();
-            assert_eq!(got.reason, want, "{}", got.detail);
-        }
-        let mut picky = submitted(1);
-        picky.gpu_type = Some("A100".into());
-        let got = check(&picky, &proposal(&[0]), Some(&worker(true)), &[]).unwrap_err();
-        assert_eq!(got.reason, RejectReason::GpuMismatch);
-        assert!(got.detail.contains("needs A100"), "{}", got.detail);
-        let mut big = submitted(1);
-        big.gpu_memory_gib = Some(141);
-        let got = check(&big, &proposal(&[0]), Some(&worker(true)), &[]).unwrap_err();
-        assert_eq!(got.reason, RejectReason::GpuMismatch);
     }
 
     #[test]
