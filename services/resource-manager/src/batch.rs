@@ -205,11 +205,8 @@ impl ResourceManager {
         } = std::mem::take(group);
         // Reports first: what they release is free for the proposals (the group holds them on
         // distinct streams and workloads, so either order is one the broker could deliver).
-        // Alone, a report costs fewer statements one by one.
-        match reports.as_slice() {
-            [] => {}
-            [(e, r)] => self.on_report(tx, e, r).await?,
-            _ => self.record_reports(tx, &reports).await?,
+        if !reports.is_empty() {
+            self.record_reports(tx, &reports).await?;
         }
         if !proposals.is_empty() {
             self.answer_proposals(tx, &proposals).await?;
@@ -311,14 +308,35 @@ impl ResourceManager {
         )))
     }
 
-    /// Records many run reports at once (a workload's reports all come from one worker here,
-    /// in order).
+    /// Records run reports (one or many; a workload's reports all from one worker here, in
+    /// order) set-based; the workloads whose stream moved meanwhile are recorded again, up to
+    /// [`MAX_ATTEMPTS`] times.
     #[tracing::instrument(skip_all, fields(reports = reports.len()))]
-    async fn record_reports(
+    pub(crate) async fn record_reports(
         &self,
         tx: &mut PgConnection,
         reports: &[(&Envelope, &RunReported)],
     ) -> Result<(), ApplyError> {
+        let mut todo: Vec<(&Envelope, &RunReported)> = reports.to_vec();
+        for _ in 0..MAX_ATTEMPTS {
+            todo = self.record_reports_once(tx, &todo).await?;
+            if todo.is_empty() {
+                return Ok(());
+            }
+        }
+        Err(ApplyError::Transient(format!(
+            "{} run reports kept changing while recording them",
+            todo.len()
+        )))
+    }
+
+    /// One try of [`ResourceManager::record_reports`]: returns the reports of the workloads
+    /// whose append met a moved stream (nothing was written for them).
+    async fn record_reports_once<'a>(
+        &self,
+        tx: &mut PgConnection,
+        reports: &[(&'a Envelope, &'a RunReported)],
+    ) -> Result<Vec<(&'a Envelope, &'a RunReported)>, ApplyError> {
         for (e, r) in reports {
             if e.stream_id != report_stream(&r.worker_id) {
                 return Err(ApplyError::Poison(format!(
@@ -451,7 +469,7 @@ impl ResourceManager {
             let version = match result {
                 Ok(out) => out.new_version,
                 Err(hcp_db::StoreError::ConcurrencyConflict { .. }) => {
-                    // Nothing else was written for it yet: record its reports one by one.
+                    // Nothing else was written for it yet: record its reports again.
                     again.extend(c.reports.iter().copied());
                     continue;
                 }
@@ -474,9 +492,6 @@ impl ResourceManager {
         }
         repo::release_many(tx, &releases).await?;
         repo::update_runs(tx, &updates).await?;
-        for (e, r) in again {
-            self.on_report(tx, e, r).await?;
-        }
-        Ok(())
+        Ok(again)
     }
 }

@@ -15,14 +15,11 @@ use hcp_domain::WorkloadState;
 use hcp_events::payload::{
     CommandAction, RunReported, WorkerHeartbeat, WorkerRegistered, WorkloadPlacementProposed,
 };
-use hcp_events::{report_stream, worker_stream, workload_stream, Envelope, Event};
+use hcp_events::{report_stream, worker_stream, Envelope, Event};
 
-use crate::append::{
-    append_exact, envelope, publish, read_view, requeue_run, send_command, store_error, Cause,
-    Topics, MAX_ATTEMPTS,
-};
+use crate::append::{envelope, publish, requeue_run, send_command, store_error, Cause, Topics};
 use crate::config::RmSettings;
-use crate::domain::{decide_report, inventory_changed, reconcile, ReportDecision, RequeueKind};
+use crate::domain::{inventory_changed, reconcile, RequeueKind};
 use crate::memo::HeartbeatMemo;
 use crate::metrics as m;
 use crate::repo::{self};
@@ -259,7 +256,8 @@ impl ResourceManager {
     }
 
     /// `run.reported`: turns a report of the worker holding the allocation into workload
-    /// events; anything else is stale or duplicate and only counted.
+    /// events; anything else is stale or duplicate and only counted (the same path as a batch
+    /// of reports, `ResourceManager::record_reports`).
     #[tracing::instrument(skip_all, fields(workload_id = %r.workload_id, worker_id = %r.worker_id, status = ?r.status))]
     pub(crate) async fn on_report(
         &self,
@@ -267,77 +265,7 @@ impl ResourceManager {
         e: &Envelope,
         r: &RunReported,
     ) -> Result<(), ApplyError> {
-        if e.stream_id != report_stream(&r.worker_id) {
-            return Err(ApplyError::Poison(format!(
-                "a report of worker {} on stream {}",
-                r.worker_id, e.stream_id
-            )));
-        }
-        let ignore = |why: &'static str| {
-            tracing::info!(why, "run report ignored");
-            metrics::counter!(m::IGNORED_REPORTS, "reason" => why).increment(1);
-            Ok(())
-        };
-        let Some(alloc) = repo::live_allocation(tx, r.workload_id).await? else {
-            return ignore("not_allocated");
-        };
-        if alloc.worker_id != r.worker_id {
-            return ignore("allocated_elsewhere");
-        }
-        repo::lock_pool(tx, &alloc.site).await?;
-        let still = repo::live_allocation(tx, r.workload_id).await?;
-        if still.as_ref().map(|a| a.worker_id.as_str()) != Some(r.worker_id.as_str()) {
-            return ignore("not_allocated");
-        }
-        let stream = workload_stream(r.workload_id);
-        for _ in 0..MAX_ATTEMPTS {
-            let view = read_view(tx, r.workload_id).await?;
-            let (events, release, requeue) = match decide_report(&view, r) {
-                ReportDecision::Ignore(why) => return ignore(why),
-                ReportDecision::Apply {
-                    events,
-                    release,
-                    requeue,
-                } => (events, release, requeue),
-            };
-            let state = view
-                .check(&events)
-                .map_err(|err| ApplyError::Transient(err.to_string()))?;
-            let checkpoint = events.iter().rev().find_map(|ev| match ev {
-                Event::WorkloadCheckpointed(c) => Some(c.progress),
-                Event::WorkloadRequeued(q) => Some(q.resume_progress),
-                _ => None,
-            });
-            let envelopes: Vec<Envelope> = events
-                .into_iter()
-                .map(|ev| envelope(&stream, ev, Cause::of(e)))
-                .collect();
-            let Some(version) = append_exact(
-                tx,
-                &stream,
-                view.version,
-                &envelopes,
-                &publish(&self.topics.workloads),
-            )
-            .await?
-            else {
-                continue;
-            };
-            if release {
-                let why = requeue.map_or(state.as_str(), RequeueKind::as_str);
-                repo::release(tx, r.workload_id, why).await?;
-            }
-            repo::update_run(tx, r.workload_id, state.as_str(), version, checkpoint).await?;
-            if let Some(kind) = requeue {
-                metrics::counter!(m::REQUEUES, "reason" => kind.as_str()).increment(1);
-            }
-            tracing::info!(state = %state, progress = r.progress, "run report recorded");
-            return Ok(());
-        }
-        Err(ApplyError::Transient(format!(
-            "workload {} kept changing while recording a report",
-            r.workload_id
-        )))
+        self.record_reports(tx, &[(e, r)]).await
     }
 
     /// Cancel, pause, resume, preempt and terminal events: commands to the worker holding

@@ -34,12 +34,30 @@ pub(crate) async fn append_all(
     chunk: usize,
     appends: &[Append],
 ) -> Vec<Option<i64>> {
-    let mut out = Vec::with_capacity(appends.len());
-    for chunk in appends.chunks(chunk.max(1)) {
-        match append_chunk(pool, publish, chunk).await {
+    by_chunks(appends, chunk, "appending", |c| {
+        append_chunk(pool, publish, c)
+    })
+    .await
+}
+
+/// Runs `write` on each chunk (one transaction each); a chunk that fails counts as nothing
+/// written (`None` for each of its decisions), and the next pass decides again.
+async fn by_chunks<'a, Fut, E>(
+    decisions: &'a [Append],
+    chunk: usize,
+    what: &str,
+    write: impl Fn(&'a [Append]) -> Fut,
+) -> Vec<Option<i64>>
+where
+    Fut: std::future::Future<Output = Result<Vec<Option<i64>>, E>>,
+    E: std::fmt::Display,
+{
+    let mut out = Vec::with_capacity(decisions.len());
+    for chunk in decisions.chunks(chunk.max(1)) {
+        match write(chunk).await {
             Ok(versions) => out.extend(versions),
             Err(e) => {
-                tracing::warn!(error = %e, "appending a batch failed; retrying next pass");
+                tracing::warn!(error = %e, "{what} a batch failed; retrying next pass");
                 out.extend(std::iter::repeat_n(None, chunk.len()));
             }
         }
@@ -121,17 +139,7 @@ pub(crate) async fn place_all(
         workloads,
         commands,
     };
-    let mut out = Vec::with_capacity(proposals.len());
-    for chunk in proposals.chunks(chunk.max(1)) {
-        match place_chunk(pool, sink, chunk).await {
-            Ok(versions) => out.extend(versions),
-            Err(e) => {
-                tracing::warn!(error = %e, "placing a batch failed; retrying next pass");
-                out.extend(std::iter::repeat_n(None, chunk.len()));
-            }
-        }
-    }
-    out
+    by_chunks(proposals, chunk, "placing", |c| place_chunk(pool, sink, c)).await
 }
 
 async fn place_chunk(

@@ -650,49 +650,36 @@ async fn insert_submitted(
     Ok(inserted.into_iter().collect())
 }
 
-/// Appends every answer at the version of the event it answers (a lone one in one statement).
-/// Per answer, the new stream version, or `None` when the stream moved on.
+/// Appends every answer at the version of the event it answers. Per answer, the new stream
+/// version, or `None` when the stream moved on.
 async fn append_answers(
     tx: &mut PgConnection,
     publish: &Publish,
     answers: &[Answer<'_>],
 ) -> Result<Vec<Option<i64>>, ApplyError> {
-    let outcome = |r: Result<hcp_db::AppendOutcome, StoreError>| match r {
-        Ok(out) => Ok(Some(out.new_version)),
-        Err(StoreError::ConcurrencyConflict { .. }) => Ok(None),
-        Err(StoreError::Database(e)) => Err(ApplyError::Database(e)),
-        Err(e) => Err(ApplyError::Transient(e.to_string())),
+    let appends: Vec<StreamAppend<'_>> = answers
+        .iter()
+        .map(|a| StreamAppend {
+            stream_id: &a.cause.stream_id,
+            expected: ExpectedVersion::Exact(a.cause.sequence),
+            events: std::slice::from_ref(&a.envelope),
+            publish,
+        })
+        .collect();
+    let results = match EventStore::append_batch(tx, &appends).await {
+        Ok(r) => r,
+        Err(StoreError::Database(e)) => return Err(ApplyError::Database(e)),
+        Err(e) => return Err(ApplyError::Transient(e.to_string())),
     };
-    match answers {
-        [] => Ok(Vec::new()),
-        [a] => Ok(vec![outcome(
-            EventStore::append(
-                tx,
-                &a.cause.stream_id,
-                ExpectedVersion::Exact(a.cause.sequence),
-                std::slice::from_ref(&a.envelope),
-                publish,
-            )
-            .await,
-        )?]),
-        _ => {
-            let appends: Vec<StreamAppend<'_>> = answers
-                .iter()
-                .map(|a| StreamAppend {
-                    stream_id: &a.cause.stream_id,
-                    expected: ExpectedVersion::Exact(a.cause.sequence),
-                    events: std::slice::from_ref(&a.envelope),
-                    publish,
-                })
-                .collect();
-            let results = match EventStore::append_batch(tx, &appends).await {
-                Ok(r) => r,
-                Err(StoreError::Database(e)) => return Err(ApplyError::Database(e)),
-                Err(e) => return Err(ApplyError::Transient(e.to_string())),
-            };
-            results.into_iter().map(outcome).collect()
-        }
-    }
+    results
+        .into_iter()
+        .map(|r| match r {
+            Ok(out) => Ok(Some(out.new_version)),
+            Err(StoreError::ConcurrencyConflict { .. }) => Ok(None),
+            Err(StoreError::Database(e)) => Err(ApplyError::Database(e)),
+            Err(e) => Err(ApplyError::Transient(e.to_string())),
+        })
+        .collect()
 }
 
 /// Writes the changed rows in one statement.

@@ -358,6 +358,7 @@ impl EventStore {
     /// through. Any other error fails the whole batch (roll the transaction back).
     ///
     /// A stream may appear only once per batch (merge its events into one [`StreamAppend`]).
+    /// A batch of one stream is [`EventStore::append`]'s one statement.
     #[tracing::instrument(skip_all, fields(streams = appends.len()), err)]
     pub async fn append_batch(
         tx: &mut PgConnection,
@@ -385,8 +386,17 @@ impl EventStore {
                 )));
             }
         }
-        if appends.is_empty() {
-            return Ok(Vec::new());
+        match appends {
+            [] => return Ok(Vec::new()),
+            // One stream: the one-statement append.
+            [a] => {
+                return match Self::append(tx, a.stream_id, a.expected, a.events, a.publish).await {
+                    Ok(out) => Ok(vec![Ok(out)]),
+                    Err(e @ StoreError::ConcurrencyConflict { .. }) => Ok(vec![Err(e)]),
+                    Err(e) => Err(e),
+                };
+            }
+            _ => {}
         }
         let mut ids: Vec<&str> = appends.iter().map(|a| a.stream_id).collect();
         ids.sort_unstable();
