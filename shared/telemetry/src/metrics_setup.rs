@@ -15,24 +15,39 @@ pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
 /// Buckets for size histograms (batch sizes, counts).
 pub const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
 /// Installs the global Prometheus recorder once per process and returns its render handle.
-/// Later calls return the same handle (tests start several components in one process).
+/// Later calls return the same handle (tests start several components in one process); a
+/// call made while another thread installs it waits for that install, so it cannot find the
+/// global recorder set and its handle not yet stored.
 pub fn install_metrics() -> Result<PrometheusHandle, String> {
-    if let Some(h) = HANDLE.get() {
-        return Ok(h.clone());
-    }
-    let builder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS_SECONDS)
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_size".into()), SIZE_BUCKETS))
-        .map_err(|e| e.to_string())?;
-    match builder.install_recorder() {
-        Ok(handle) => {
-            let _ = HANDLE.set(handle.clone());
-            Ok(HANDLE.get().cloned().unwrap_or(handle))
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS_SECONDS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_size".into()), SIZE_BUCKETS)
+                })
+                .map_err(|e| e.to_string())?
+                .install_recorder()
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::install_metrics;
+
+    #[test]
+    fn concurrent_installs_all_get_the_one_recorder() {
+        let threads: Vec<_> = (0..8)
+            .map(|_| std::thread::spawn(install_metrics))
+            .collect();
+        for t in threads {
+            assert!(t.join().is_ok_and(|r| r.is_ok()), "an install failed");
         }
-        // Lost a race with another thread installing it: use theirs.
-        Err(e) => HANDLE.get().cloned().ok_or_else(|| e.to_string()),
+        assert!(install_metrics().is_ok());
     }
 }
