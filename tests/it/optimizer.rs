@@ -107,9 +107,14 @@ fn start_optimizer(env: &TestEnv, fleet: FleetModel) -> (Task, Task) {
         vec![env.topic(Topic::Market), env.topic(Topic::Telemetry)],
         env.topic(Topic::DeadLetters),
     );
-    let consumer =
-        TransactionalConsumer::new(&env.kafka, cs, env.pool.clone(), opt.clone(), producer)
-            .unwrap();
+    let consumer = TransactionalConsumer::for_projection(
+        &env.kafka,
+        cs,
+        env.pool.clone(),
+        opt.clone(),
+        producer,
+    )
+    .unwrap();
     let consumer = Task::spawn(|t| async move { consumer.run(t).await.unwrap() });
     let pool = env.pool.clone();
     let sweep = Task::spawn(|t| async move { opt.run_sweep(pool, t).await.unwrap() });
@@ -133,7 +138,8 @@ fn start_rm(env: &TestEnv) -> Task {
         RmSettings::default(),
     );
     let consumer =
-        TransactionalConsumer::new(&env.kafka, cs, env.pool.clone(), rm, producer).unwrap();
+        TransactionalConsumer::for_projection(&env.kafka, cs, env.pool.clone(), rm, producer)
+            .unwrap();
     Task::spawn(|t| async move { consumer.run(t).await.unwrap() })
 }
 

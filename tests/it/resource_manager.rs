@@ -71,7 +71,8 @@ fn start_rm(env: &TestEnv, settings: &RmSettings) -> Task {
     );
     let rm = ResourceManager::new(Topics::new(&env.kafka), settings.clone());
     let consumer =
-        TransactionalConsumer::new(&env.kafka, cs, env.pool.clone(), rm, producer).unwrap();
+        TransactionalConsumer::for_projection(&env.kafka, cs, env.pool.clone(), rm, producer)
+            .unwrap();
     Task::spawn(|t| async move { consumer.run(t).await.unwrap() })
 }
 

@@ -61,7 +61,7 @@ impl Router {
             env.topic(Topic::DeadLetters),
         );
         let producer = Producer::new(&env.kafka, "router-test").expect("producer");
-        let consumer = TransactionalConsumer::new(
+        let consumer = TransactionalConsumer::for_projection(
             &env.kafka,
             settings,
             env.pool.clone(),

@@ -59,9 +59,14 @@ pub fn start_consumer<P: Projection + 'static>(
         vec![env.topic(topic)],
         env.topic(Topic::DeadLetters),
     );
-    let consumer =
-        TransactionalConsumer::new(&env.kafka, settings, env.pool.clone(), projection, producer)
-            .expect("consumer");
+    let consumer = TransactionalConsumer::for_projection(
+        &env.kafka,
+        settings,
+        env.pool.clone(),
+        projection,
+        producer,
+    )
+    .expect("consumer");
     let token = CancellationToken::new();
     let t = token.clone();
     let handle = tokio::spawn(async move {

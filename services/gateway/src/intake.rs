@@ -6,31 +6,27 @@
 //! validation, unknown tenant, a request id reused for a different body) is re-produced to the
 //! dead-letter topic with the reason in `hcp-dlq-reason`; the partition moves on.
 //!
-//! Exactly once: a batch's submissions, idempotency records and partition offsets commit in one
-//! PostgreSQL transaction (`consumer_offsets`, consumer `gateway-intake`). Dead letters are
-//! acknowledged by the broker before that commit, so a crash in between may dead-letter a
-//! message twice but never lose one. On assignment the consumer seeks back to the offset stored
-//! in PostgreSQL when the broker would skip past it; redeliveries of accepted requests are
-//! absorbed by the idempotency records.
+//! Exactly once: the intake is a handler of the consumer engine ([`hcp_bus::engine`]): a
+//! batch's submissions, idempotency records and partition offsets commit in one PostgreSQL
+//! transaction (`consumer_offsets`, consumer `gateway-intake`), the batch's accepted requests
+//! recorded by one [`submit::submit_batch`]. Dead letters are acknowledged by the broker before
+//! that commit, so a crash in between may dead-letter a message twice but never lose one.
+//! Redeliveries of accepted requests are absorbed by the idempotency records.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::time::Duration;
 
-use hcp_bus::dead_letter::{dead_letter, DeadLetterKind};
-use hcp_bus::{BusError, KafkaSettings, OutgoingMessage, Producer};
-use hcp_db::positions::{lock_next_offset, next_offset, store_next_offset};
+use hcp_bus::dead_letter::DeadLetterKind;
+use hcp_bus::engine::{
+    Batch, BatchHandler, ConsumerSettings, Engine, Handled, HandlerError, Refusal,
+};
+use hcp_bus::{BusError, KafkaSettings, Producer};
+use hcp_db::Publish;
 use hcp_events::payload::SubmissionSource;
 use hcp_events::{Topic, WorkloadRequest};
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
-use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::message::Message;
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
-use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::config::IntakeSettings;
 use crate::http::extract::field_of;
@@ -41,267 +37,74 @@ use crate::submit::{self, Submission, SubmitError, Submitted};
 /// The intake's consumer name (positions in PostgreSQL; group `<namespace>.gateway-intake`).
 pub const CONSUMER: &str = "gateway-intake";
 
-type Assigned = Arc<Mutex<HashSet<(String, i32)>>>;
+/// The intake consumer: the engine driving an [`IntakeHandler`].
+pub type Intake = Engine<IntakeHandler>;
 
-/// Records newly assigned partitions, so the intake checks them against PostgreSQL.
-#[derive(Debug)]
-pub struct IntakeContext {
-    fresh: Assigned,
-}
-
-impl ClientContext for IntakeContext {}
-
-impl ConsumerContext for IntakeContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Ok(mut fresh) = self.fresh.lock() else {
-            return;
-        };
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                for e in tpl.elements() {
-                    fresh.insert((e.topic().to_owned(), e.partition()));
-                }
-                tracing::info!(partitions = tpl.count(), "intake partitions assigned");
-            }
-            Rebalance::Revoke(tpl) => {
-                for e in tpl.elements() {
-                    fresh.remove(&(e.topic().to_owned(), e.partition()));
-                }
-                tracing::info!(partitions = tpl.count(), "intake partitions revoked");
-            }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "intake rebalance error"),
-        }
-    }
-}
-
-/// What happened to one request.
-#[derive(Debug)]
-enum Verdict {
-    Accepted(Submitted),
-    Refused {
-        kind: DeadLetterKind,
-        /// Metric label.
-        reason: &'static str,
-        /// The `hcp-dlq-reason` header.
-        message: String,
-    },
-}
-
-/// A failure worth retrying the whole batch for.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct Transient(String);
-
-impl From<sqlx::Error> for Transient {
-    fn from(e: sqlx::Error) -> Self {
-        Transient(e.to_string())
-    }
-}
-
-/// The intake consumer.
-pub struct Intake {
-    consumer: StreamConsumer<IntakeContext>,
-    fresh: Assigned,
+/// Creates the intake consumer, subscribed to `workload-requests`.
+pub fn intake(
+    kafka: &KafkaSettings,
     pool: PgPool,
     producer: Producer,
-    dead_letter_topic: String,
+    settings: &IntakeSettings,
+) -> Result<Intake, BusError> {
+    let mut consumer = ConsumerSettings::new(
+        format!("{}.{CONSUMER}", kafka.namespace),
+        vec![kafka.topic(Topic::WorkloadRequests)],
+        kafka.topic(Topic::DeadLetters),
+    );
+    consumer.max_batch = settings.max_batch.max(1);
+    consumer.batch_linger = Duration::from_millis(settings.batch_linger_ms);
+    consumer.retry_backoff = Duration::from_millis(settings.retry_backoff_ms);
+    let handler = IntakeHandler {
+        workloads_topic: kafka.topic(Topic::Workloads),
+    };
+    Engine::new(kafka, consumer, pool, handler, producer)
+}
+
+/// Why a request was refused: its dead letter and metric label.
+#[derive(Debug)]
+struct Refused {
+    kind: DeadLetterKind,
+    /// Metric label.
+    reason: &'static str,
+    /// The `hcp-dlq-reason` header.
+    message: String,
+}
+
+/// What a committed batch did (metrics).
+#[derive(Debug, Default)]
+pub struct IntakeCounts {
+    created: u64,
+    replayed: u64,
+    refused: Vec<&'static str>,
+}
+
+/// Turns raw workload requests into submissions (see the module docs).
+#[derive(Debug, Clone)]
+pub struct IntakeHandler {
     workloads_topic: String,
-    settings: IntakeSettings,
 }
 
-impl std::fmt::Debug for Intake {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Intake").finish_non_exhaustive()
-    }
-}
+impl BatchHandler for IntakeHandler {
+    type Done = IntakeCounts;
 
-impl Intake {
-    /// Creates the consumer and subscribes to `workload-requests`.
-    pub fn new(
-        kafka: &KafkaSettings,
-        pool: PgPool,
-        producer: Producer,
-        settings: IntakeSettings,
-    ) -> Result<Self, BusError> {
-        let fresh: Assigned = Arc::default();
-        let group = format!("{}.{CONSUMER}", kafka.namespace);
-        let consumer: StreamConsumer<IntakeContext> = kafka
-            .consumer_config(&group, &group)
-            .create_with_context(IntakeContext {
-                fresh: fresh.clone(),
-            })
-            .map_err(|e| BusError::Config(e.to_string()))?;
-        consumer.subscribe(&[&kafka.topic(Topic::WorkloadRequests)])?;
-        Ok(Self {
-            consumer,
-            fresh,
-            pool,
-            producer,
-            dead_letter_topic: kafka.topic(Topic::DeadLetters),
-            workloads_topic: kafka.topic(Topic::Workloads),
-            settings,
-        })
+    fn name(&self) -> &str {
+        CONSUMER
     }
 
-    /// Runs until cancelled; the batch in hand is finished (committed or rolled back) first.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tracing::info!(consumer = CONSUMER, "intake started");
-        let linger = Duration::from_millis(self.settings.batch_linger_ms);
-        let backoff = Duration::from_millis(self.settings.retry_backoff_ms);
-        let mut committed: HashMap<(String, i32), i64> = HashMap::new();
-        loop {
-            let first = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                m = self.consumer.recv() => m,
-            };
-            let first = match first {
-                Ok(m) => m.detach(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "intake receive error");
-                    tokio::time::sleep(backoff).await;
-                    continue;
-                }
-            };
-            let mut batch = vec![first];
-            let deadline = tokio::time::Instant::now() + linger;
-            while batch.len() < self.settings.max_batch.max(1) {
-                match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                    Ok(Ok(m)) => batch.push(m.detach()),
-                    _ => break,
-                }
-            }
-            let batch = self.seek_fresh_partitions(batch).await;
-            if batch.is_empty() {
-                continue;
-            }
-            let started = Instant::now();
-            let done = loop {
-                match self.handle_batch(&batch).await {
-                    Ok(()) => break true,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "intake batch failed; retrying");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break false,
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                    }
-                }
-            };
-            if !done {
-                break;
-            }
-            metrics::histogram!(m::INTAKE_BATCH_DURATION).record(started.elapsed().as_secs_f64());
-            for msg in &batch {
-                let next = committed
-                    .entry((msg.topic().to_owned(), msg.partition()))
-                    .or_insert(0);
-                *next = (*next).max(msg.offset() + 1);
-            }
-            self.commit_hint(&committed, CommitMode::Async);
-        }
-        self.commit_hint(&committed, CommitMode::Sync);
-        hcp_bus::close_consumer(self.consumer, CONSUMER, hcp_bus::close::CLOSE_TIMEOUT).await;
-        tracing::info!(consumer = CONSUMER, "intake stopped");
-        Ok(())
-    }
-
-    /// The broker's committed offsets are only a hint; PostgreSQL holds the truth.
-    fn commit_hint(&self, offsets: &HashMap<(String, i32), i64>, mode: CommitMode) {
-        if offsets.is_empty() {
-            return;
-        }
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), next) in offsets {
-            if tpl
-                .add_partition_offset(topic, *partition, Offset::Offset(*next))
-                .is_err()
-            {
-                return;
-            }
-        }
-        if let Err(e) = self.consumer.commit(&tpl, mode) {
-            tracing::debug!(error = %e, "intake offset commit hint failed");
-        }
-    }
-
-    /// For partitions assigned since the last batch: when the broker starts past the offset
-    /// stored in PostgreSQL, seek back there and drop that partition's messages from the batch.
-    /// (Never forward: what lies below our offset is absorbed by idempotency.)
-    async fn seek_fresh_partitions(&self, batch: Vec<OwnedMessage>) -> Vec<OwnedMessage> {
-        let fresh: Vec<(String, i32)> = match self.fresh.lock() {
-            Ok(f) if !f.is_empty() => f.iter().cloned().collect(),
-            _ => return batch,
-        };
-        let mut reseek: HashSet<(String, i32)> = HashSet::new();
-        let mut checked: HashSet<(String, i32)> = HashSet::new();
-        for msg in &batch {
-            let key = (msg.topic().to_owned(), msg.partition());
-            if !fresh.contains(&key) || !checked.insert(key.clone()) {
-                continue;
-            }
-            let stored = match self.pool.acquire().await {
-                Ok(mut conn) => next_offset(&mut conn, CONSUMER, &key.0, key.1).await,
-                Err(e) => Err(e),
-            };
-            let target = match stored {
-                Ok(Some(next)) if next >= msg.offset() => None,
-                Ok(Some(next)) => Some(Offset::Offset(next)),
-                Ok(None) if msg.offset() == 0 => None,
-                Ok(None) => Some(Offset::Offset(0)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the intake offset; relying on idempotency");
-                    None
-                }
-            };
-            if let Some(target) = target {
-                tracing::info!(topic = %key.0, partition = key.1, broker_offset = msg.offset(),
-                    ?target, "intake seeking to the position stored in PostgreSQL");
-                match self
-                    .consumer
-                    .seek(&key.0, key.1, target, Duration::from_secs(5))
-                {
-                    Ok(()) => {
-                        reseek.insert(key.clone());
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "intake seek failed; relying on idempotency")
-                    }
-                }
-            }
-            if let Ok(mut f) = self.fresh.lock() {
-                f.remove(&key);
-            }
-        }
-        batch
-            .into_iter()
-            .filter(|m| !reseek.contains(&(m.topic().to_owned(), m.partition())))
-            .collect()
-    }
-
-    /// One transaction: every request of the batch, then the partitions' next offsets.
-    async fn handle_batch(&self, batch: &[OwnedMessage]) -> Result<(), Transient> {
-        let mut tx = self.pool.begin().await?;
-        let mut stored: HashMap<(String, i32), Option<i64>> = HashMap::new();
-        let mut advanced: HashMap<(String, i32), i64> = HashMap::new();
-        let mut dead: Vec<OutgoingMessage> = Vec::new();
-        let mut created = 0u64;
-        let mut replayed = 0u64;
-        let mut refused: Vec<&'static str> = Vec::new();
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        batch: &Batch,
+        _isolate: bool,
+    ) -> Result<Handled<IntakeCounts>, HandlerError> {
+        let mut counts = IntakeCounts::default();
+        let mut refusals = Vec::new();
         // Tenants looked up once per batch (most batches come from few tenants).
         let mut tenants: HashMap<String, Option<Tenant>> = HashMap::new();
-        for msg in batch {
-            let key = (msg.topic().to_owned(), msg.partition());
-            let next = match stored.get(&key) {
-                Some(v) => *v,
-                None => {
-                    let v = lock_next_offset(&mut tx, CONSUMER, &key.0, key.1).await?;
-                    stored.insert(key.clone(), v);
-                    v
-                }
-            };
-            let seen_before = next.is_some_and(|n| msg.offset() < n);
-            let entry = advanced.entry(key).or_insert(0);
-            *entry = (*entry).max(msg.offset() + 1);
+        // (message index, request, tier, key, publish) of every valid request.
+        let mut valid: Vec<(usize, WorkloadRequest, Tenant, String, Publish)> = Vec::new();
+        for (i, msg) in batch.messages().iter().enumerate() {
             let span = tracing::info_span!(
                 "intake",
                 partition = msg.partition(),
@@ -309,117 +112,137 @@ impl Intake {
                 tenant_id = tracing::field::Empty,
             );
             hcp_bus::trace::set_parent(&span, hcp_bus::trace::context_from_headers(msg.headers()));
-            let verdict = self
-                .decide(&mut tx, &mut tenants, msg)
-                .instrument(span)
-                .await?;
-            match verdict {
-                Verdict::Accepted(Submitted::Created(_)) => created += 1,
-                Verdict::Accepted(Submitted::Replayed(_)) => replayed += 1,
-                // Refused before, and dead-lettered then.
-                Verdict::Refused { .. } if seen_before => {}
-                Verdict::Refused {
-                    kind,
-                    reason,
-                    message,
-                } => {
-                    tracing::warn!(partition = msg.partition(), offset = msg.offset(),
-                        reason, %message, "dead-lettering workload request");
-                    dead.push(dead_letter(
-                        msg,
-                        &self.dead_letter_topic,
-                        CONSUMER,
-                        kind,
-                        &message,
-                    ));
-                    refused.push(reason);
+            let checked = check(tx, &mut tenants, msg.payload().unwrap_or_default(), &span).await?;
+            match checked {
+                Ok((request, tenant)) => {
+                    let (traceparent, tracestate) =
+                        span.in_scope(hcp_bus::trace::current_trace_headers);
+                    let publish = Publish::to(self.workloads_topic.clone())
+                        .with_trace(traceparent, tracestate);
+                    let key = request.request_id.to_string();
+                    valid.push((i, request, tenant, key, publish));
                 }
+                Err(refused) => refuse(batch, i, refused, &mut refusals, &mut counts),
             }
         }
-        for ((topic, partition), n) in &advanced {
-            store_next_offset(&mut tx, CONSUMER, topic, *partition, *n).await?;
+        let submissions: Vec<(Submission<'_>, Publish)> = valid
+            .iter()
+            .map(|(_, request, tenant, key, publish)| {
+                (
+                    Submission {
+                        request,
+                        tier: tenant.tier,
+                        source: SubmissionSource::Kafka,
+                        idempotency_key: Some(key),
+                        fingerprint: submit::fingerprint(request),
+                    },
+                    publish.clone(),
+                )
+            })
+            .collect();
+        let outcomes = submit::submit_batch(tx, &submissions)
+            .await
+            .map_err(|e| HandlerError::Transient(e.to_string()))?;
+        for ((i, _, _, key, _), outcome) in valid.iter().zip(outcomes) {
+            match outcome {
+                Ok(Submitted::Created(_)) => counts.created += 1,
+                Ok(Submitted::Replayed(_)) => counts.replayed += 1,
+                Err(SubmitError::KeyReused { workload_id, .. }) => {
+                    let refused = Refused {
+                        kind: DeadLetterKind::Poison,
+                        reason: "idempotency_key_reused",
+                        message: format!(
+                            "request_id: {key} was already used for a different request (workload {workload_id})"
+                        ),
+                    };
+                    refuse(batch, *i, refused, &mut refusals, &mut counts);
+                }
+                Err(e) => return Err(HandlerError::Transient(e.to_string())),
+            }
         }
-        if !dead.is_empty() {
-            self.producer
-                .send_batch(&dead)
-                .await
-                .map_err(|e| Transient(format!("dead-letter publish: {e}")))?;
-        }
-        tx.commit().await?;
-        metrics::counter!(m::SUBMISSIONS, "source" => "kafka").increment(created);
-        metrics::counter!(m::INTAKE_DUPLICATES).increment(replayed);
-        for reason in refused {
-            metrics::counter!(m::REJECTIONS, "reason" => reason).increment(1);
-        }
-        Ok(())
+        Ok(Handled {
+            refused: refusals,
+            done: counts,
+        })
     }
 
-    /// Parses, validates, authorises and submits one request.
-    async fn decide(
-        &self,
-        tx: &mut PgConnection,
-        tenants: &mut HashMap<String, Option<Tenant>>,
-        msg: &OwnedMessage,
-    ) -> Result<Verdict, Transient> {
-        let request = match parse(msg.payload().unwrap_or_default()) {
-            Ok(r) => r,
-            Err(message) => {
-                return Ok(Verdict::Refused {
-                    kind: DeadLetterKind::Malformed,
-                    reason: "malformed",
-                    message,
-                })
-            }
-        };
-        tracing::Span::current().record("tenant_id", request.tenant_id.as_str());
-        if let Err(errors) = request.validate(OffsetDateTime::now_utc()) {
-            let message = errors
-                .iter()
-                .map(|e| format!("{}: {}", e.field, e.message))
-                .collect::<Vec<_>>()
-                .join("; ");
-            return Ok(Verdict::Refused {
+    fn committed(&self, _batch: &Batch, done: IntakeCounts, elapsed: Duration) {
+        metrics::histogram!(m::INTAKE_BATCH_DURATION).record(elapsed.as_secs_f64());
+        metrics::counter!(m::SUBMISSIONS, "source" => "kafka").increment(done.created);
+        metrics::counter!(m::INTAKE_DUPLICATES).increment(done.replayed);
+        for reason in done.refused {
+            metrics::counter!(m::REJECTIONS, "reason" => reason).increment(1);
+        }
+    }
+}
+
+/// Records a refusal, unless the message was refused (and dead-lettered) before.
+fn refuse(
+    batch: &Batch,
+    index: usize,
+    refused: Refused,
+    refusals: &mut Vec<Refusal>,
+    counts: &mut IntakeCounts,
+) {
+    if batch.seen_before(index) {
+        return;
+    }
+    let msg = &batch.messages()[index];
+    tracing::warn!(partition = msg.partition(), offset = msg.offset(),
+        reason = refused.reason, message = %refused.message, "dead-lettering workload request");
+    counts.refused.push(refused.reason);
+    refusals.push(Refusal {
+        index,
+        kind: refused.kind,
+        reason: refused.message,
+    });
+}
+
+/// Parses, validates and authorises one request.
+async fn check(
+    tx: &mut PgConnection,
+    tenants: &mut HashMap<String, Option<Tenant>>,
+    bytes: &[u8],
+    span: &tracing::Span,
+) -> Result<Result<(WorkloadRequest, Tenant), Refused>, HandlerError> {
+    let request = match parse(bytes) {
+        Ok(r) => r,
+        Err(message) => {
+            return Ok(Err(Refused {
                 kind: DeadLetterKind::Malformed,
-                reason: "validation",
-                message: format!("invalid request: {message}"),
-            });
+                reason: "malformed",
+                message,
+            }))
         }
-        let tenant = match tenants.get(&request.tenant_id) {
-            Some(t) => t.clone(),
-            None => {
-                let t = repo::tenant(&mut *tx, &request.tenant_id).await?;
-                tenants.insert(request.tenant_id.clone(), t.clone());
-                t
-            }
-        };
-        let Some(tenant) = tenant else {
-            return Ok(Verdict::Refused {
-                kind: DeadLetterKind::Poison,
-                reason: "unknown_tenant",
-                message: format!("tenant_id: unknown tenant `{}`", request.tenant_id),
-            });
-        };
-        let key = request.request_id.to_string();
-        let submission = Submission {
-            request: &request,
-            tier: tenant.tier,
-            source: SubmissionSource::Kafka,
-            idempotency_key: Some(&key),
-            fingerprint: submit::fingerprint(&request),
-        };
-        match submit::submit(tx, &submission, &self.workloads_topic).await {
-            Ok(s) => Ok(Verdict::Accepted(s)),
-            Err(SubmitError::KeyReused { workload_id, .. }) => Ok(Verdict::Refused {
-                kind: DeadLetterKind::Poison,
-                reason: "idempotency_key_reused",
-                message: format!(
-                    "request_id: {key} was already used for a different request (workload {workload_id})"
-                ),
-            }),
-            Err(SubmitError::Store(e)) => Err(Transient(e.to_string())),
-            Err(e @ SubmitError::Unavailable(_)) => Err(Transient(e.to_string())),
-            Err(SubmitError::Database(e)) => Err(e.into()),
+    };
+    span.record("tenant_id", request.tenant_id.as_str());
+    if let Err(errors) = request.validate(OffsetDateTime::now_utc()) {
+        let message = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Ok(Err(Refused {
+            kind: DeadLetterKind::Malformed,
+            reason: "validation",
+            message: format!("invalid request: {message}"),
+        }));
+    }
+    let tenant = match tenants.get(&request.tenant_id) {
+        Some(t) => t.clone(),
+        None => {
+            let t = repo::tenant(&mut *tx, &request.tenant_id).await?;
+            tenants.insert(request.tenant_id.clone(), t.clone());
+            t
         }
+    };
+    match tenant {
+        Some(tenant) => Ok(Ok((request, tenant))),
+        None => Ok(Err(Refused {
+            kind: DeadLetterKind::Poison,
+            reason: "unknown_tenant",
+            message: format!("tenant_id: unknown tenant `{}`", request.tenant_id),
+        })),
     }
 }
 

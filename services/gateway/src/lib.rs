@@ -84,15 +84,17 @@ async fn build_bound(
     ctx.spawn_background_consumer(ResourceBoard::new(), &[Topic::Resources])?;
     ctx.spawn_background_consumer(MarketPrices::new(), &[Topic::Market])?;
     ctx.spawn_background_consumer(DecisionBoard::new(), &[Topic::Decisions])?;
-    let intake = intake::Intake::new(
+    let intake = intake::intake(
         ctx.kafka(),
         ctx.pool().clone(),
         ctx.producer().clone(),
-        gw.intake,
+        &gw.intake,
     )
     .context("failed to create the intake consumer")?;
     let token = ctx.token();
-    ctx.spawn("kafka intake", intake.run(token));
+    ctx.spawn("kafka intake", async move {
+        intake.run(token).await.context("the Kafka intake failed")
+    });
     tracing::info!(addr = %local, "gateway listening");
     Ok((ctx, local))
 }

@@ -238,9 +238,14 @@ fn spawn_consumer<P: Projection + 'static>(
 ) -> anyhow::Result<()> {
     let group = format!("{}.{}", kafka.namespace, projection.name());
     let settings = ConsumerSettings::new(group, topics, dlq);
-    let consumer =
-        TransactionalConsumer::new(kafka, settings, pool.clone(), projection, producer.clone())
-            .context("failed to create consumer")?;
+    let consumer = TransactionalConsumer::for_projection(
+        kafka,
+        settings,
+        pool.clone(),
+        projection,
+        producer.clone(),
+    )
+    .context("failed to create consumer")?;
     let t = token.clone();
     tasks.spawn(async move { consumer.run(t).await.context("consumer failed") });
     Ok(())

@@ -216,7 +216,7 @@ async fn run_in(
     say("consuming");
     let token = CancellationToken::new();
     let group = format!("{}.workload-board", kafka.namespace);
-    let consumer = TransactionalConsumer::new(
+    let consumer = TransactionalConsumer::for_projection(
         &kafka,
         ConsumerSettings::new(group, vec![topic.clone()], kafka.topic(Topic::DeadLetters)),
         pool.clone(),
@@ -254,7 +254,7 @@ async fn run_in(
     let t2 = token.clone();
     let relay_task = tokio::spawn(async move { relay.run(t2).await });
     let group = format!("{}.bench-latency", kafka.namespace);
-    let consumer = TransactionalConsumer::new(
+    let consumer = TransactionalConsumer::for_projection(
         &kafka,
         ConsumerSettings::new(group, vec![topic.clone()], kafka.topic(Topic::DeadLetters)),
         pool.clone(),

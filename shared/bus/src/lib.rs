@@ -7,12 +7,15 @@
 //! - [`trace`]: trace context into and out of Kafka headers;
 //! - [`close::close_consumer`]: closes a consumer without letting a stuck librdkafka close hang
 //!   the shutdown;
-//! - with feature `postgres`, [`transactional`]: the outbox sink and the consumer that stores
-//!   its position in PostgreSQL in the same transaction as its effects.
+//! - with feature `postgres`, [`engine`]: the exactly-once consumer engine (a batch, a
+//!   [`engine::BatchHandler`] and the partition offsets in one PostgreSQL transaction), and
+//!   [`transactional`]: the outbox sink and the projections' handler.
 
 pub mod admin;
 pub mod close;
 pub mod dead_letter;
+#[cfg(feature = "postgres")]
+pub mod engine;
 pub mod metrics_names;
 pub mod producer;
 pub mod settings;

@@ -240,7 +240,7 @@ impl ServiceContext {
         let mut settings =
             ConsumerSettings::new(group, topics, self.kafka.topic(Topic::DeadLetters));
         settings.fetch_wait_max = fetch_wait_max;
-        let consumer = TransactionalConsumer::new(
+        let consumer = TransactionalConsumer::for_projection(
             &self.kafka,
             settings,
             self.pool.clone(),
