@@ -114,7 +114,7 @@ async fn market_sim_replays_a_day_of_2023_with_the_right_series_values_and_order
     let mut last_seq: HashMap<String, i64> = HashMap::new();
     let mut demand_responses = Vec::new();
     for m in &msgs {
-        let e = Envelope::from_json(m.payload().unwrap()).unwrap();
+        let e = Envelope::decode(m.payload().unwrap()).unwrap();
         assert_eq!(key_of(m), e.stream_id, "key = stream id");
         let prev = last_seq.insert(e.stream_id.clone(), e.sequence);
         assert!(
@@ -220,7 +220,7 @@ impl SitePower {
                 .await
                 .expect("telemetry in time")
                 .unwrap();
-            let e = Envelope::from_json(m.payload().unwrap()).unwrap();
+            let e = Envelope::decode(m.payload().unwrap()).unwrap();
             let Event::AsicTelemetryBatch(b) = e.payload else {
                 continue;
             };

@@ -58,6 +58,13 @@ fn envelope(stream: String, seq: i64, event: Event) -> Vec<u8> {
     e.to_json().unwrap()
 }
 
+/// The same in the compact encoding (ASIC batches only).
+fn compact_envelope(stream: String, seq: i64, event: Event) -> Vec<u8> {
+    let mut e = Envelope::new(stream, "test-devices", event);
+    e.sequence = seq;
+    hcp_events::compact::encode(&e).unwrap()
+}
+
 fn asic_batch(site: &str, rack: &str, at: OffsetDateTime, n: usize, power_w: f64) -> Event {
     Event::AsicTelemetryBatch(AsicTelemetryBatch {
         site: site.into(),
@@ -151,7 +158,12 @@ async fn asic_batches_and_gpu_heartbeats_land_exactly_once_across_an_ingest_cras
             seq += 1;
             let at = t0 + TimeDelta::seconds(r);
             let e = asic_batch("west-1", &format!("r{k}"), at, per_batch, 3000.0);
-            batches.push(envelope(site_stream("west-1"), seq, e));
+            // Devices may send either encoding: every other batch is compact.
+            batches.push(if seq % 2 == 0 {
+                compact_envelope(site_stream("west-1"), seq, e)
+            } else {
+                envelope(site_stream("west-1"), seq, e)
+            });
         }
     }
     let second_half = batches.split_off(batches.len() / 2);
@@ -260,6 +272,17 @@ async fn asic_batches_and_gpu_heartbeats_land_exactly_once_across_an_ingest_cras
         expected,
         "duplicates after the restart"
     );
+    // Every sample reads back through the view with its values, whichever encoding it came in.
+    let (power, curtailed, hashrate): (f64, i64, f64) = sqlx::query_as(
+        "SELECT sum(power_w), count(*) FILTER (WHERE state = 'curtailed'), avg(hashrate_ths) \
+         FROM asic_telemetry",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(power, expected as f64 * 3000.0);
+    assert_eq!(curtailed, rounds * racks);
+    assert_eq!(hashrate, 270.0);
     assert_eq!(count(&env, "SELECT count(*) FROM gpu_telemetry").await, 120);
     assert_eq!(
         count(
@@ -280,6 +303,9 @@ async fn malformed_telemetry_goes_to_dead_letters_with_the_reason_and_the_rest_i
     // Valid JSON, wrong payload shape for the type.
     let mut wrong: Value = serde_json::from_slice(&good).unwrap();
     wrong["payload"]["samples"] = Value::from("not a list");
+    // A compact message cut short.
+    let mut cut = compact_envelope(site_stream("s"), 2, asic_batch("s", "r2", now, 3, 1.0));
+    cut.truncate(cut.len() - 5);
     produce(
         &env,
         Topic::Telemetry,
@@ -287,13 +313,14 @@ async fn malformed_telemetry_goes_to_dead_letters_with_the_reason_and_the_rest_i
         vec![
             b"{definitely not json".to_vec(),
             serde_json::to_vec(&wrong).unwrap(),
+            cut,
             good,
         ],
     )
     .await;
     let (token, handle) = start_ingest(&env);
-    let dead = read_topic(&env.kafka, &env.topic(Topic::DeadLetters), 2, WAIT).await;
-    assert_eq!(dead.len(), 2);
+    let dead = read_topic(&env.kafka, &env.topic(Topic::DeadLetters), 3, WAIT).await;
+    assert_eq!(dead.len(), 3);
     for m in &dead {
         let reason = m
             .headers()

@@ -103,6 +103,9 @@ enum Command {
         /// Ingest instances in the consumer group (parallel COPY).
         #[arg(long, default_value_t = 1)]
         consumers: usize,
+        /// ASIC batches as JSON envelopes instead of the compact binary encoding.
+        #[arg(long)]
+        json: bool,
     },
     /// Backtest the decision policies on a market trace against the hindsight optimum.
     Backtest(Box<crate::backtest::BacktestArgs>),
@@ -240,6 +243,7 @@ pub async fn main() -> anyhow::Result<()> {
             seconds,
             max_batch,
             consumers,
+            json,
         } => {
             let opts = crate::ingest_bench::IngestBenchOptions {
                 asics,
@@ -248,6 +252,7 @@ pub async fn main() -> anyhow::Result<()> {
                 seconds,
                 max_batch,
                 consumers,
+                json,
             };
             let rows = crate::ingest_bench::run(&settings, opts).await?;
             out("| ingest metric | value |")?;

@@ -42,6 +42,8 @@ pub struct IngestBenchOptions {
     pub max_batch: usize,
     /// Ingest instances in the consumer group.
     pub consumers: usize,
+    /// ASIC batches as JSON envelopes instead of the compact encoding.
+    pub json: bool,
 }
 
 const ASICS_PER_RACK: u64 = 100;
@@ -54,8 +56,79 @@ struct Source {
     head: String,
     middle: String,
     tail: String,
+    /// Instead of the JSON: a compact message and where its two timestamps lie.
+    compact: Option<(Vec<u8>, [usize; 2])>,
     samples: u64,
     telemetry: bool,
+}
+
+/// A rack's batch in the compact encoding, its timestamps patched on each send.
+fn compact_rack_source(site: &str, rack: u64) -> anyhow::Result<Source> {
+    use hcp_events::payload::{AsicSample, AsicState, AsicTelemetryBatch};
+    use hcp_events::{Envelope, Event};
+    let samples = (0..ASICS_PER_RACK)
+        .map(|i| AsicSample {
+            asic_id: format!("{site}-r{rack}-a{i}"),
+            model: "S21 XP".into(),
+            state: AsicState::Hashing,
+            hashrate_ths: 265.0 + (i % 10) as f64,
+            power_w: 3600.0 + (i % 7) as f64 * 5.0,
+            power_target_w: 3645.0,
+            temperature_c: 58.0 + (i % 5) as f64,
+            hw_errors: 0,
+            accepted_shares: (i % 4) as u32,
+        })
+        .collect();
+    let stream = format!("site-{site}");
+    let mut e = Envelope::new(
+        stream.clone(),
+        "bench-ingest",
+        Event::AsicTelemetryBatch(AsicTelemetryBatch {
+            site: site.into(),
+            rack: format!("r{rack}"),
+            sampled_at: OffsetDateTime::UNIX_EPOCH,
+            samples,
+        }),
+    );
+    e.sequence = 1;
+    let bytes = hcp_events::compact::encode(&e)?;
+    // The layout (hcp_events::compact): occurred_at follows the 41-byte header (no causation
+    // id); sampled_at follows sequence and the four length-prefixed strings.
+    let occurred = 41;
+    let sampled = occurred
+        + 16
+        + [
+            stream.len(),
+            e.producer.len(),
+            site.len(),
+            1 + rack.to_string().len(),
+        ]
+        .iter()
+        .map(|n| 2 + n)
+        .sum::<usize>();
+    let mut s = Source {
+        key: stream,
+        head: String::new(),
+        middle: String::new(),
+        tail: String::new(),
+        compact: Some((bytes, [occurred, sampled])),
+        samples: ASICS_PER_RACK,
+        telemetry: true,
+    };
+    // Check the offsets once: both timestamps must read back as the one patched in.
+    let at = OffsetDateTime::now_utc();
+    let mut buf = Vec::new();
+    render(&s, at, &mut buf)?;
+    let back = Envelope::decode(&buf)?;
+    let Event::AsicTelemetryBatch(b) = &back.payload else {
+        anyhow::bail!("the compact template decodes to {:?}", back.event_type());
+    };
+    anyhow::ensure!(
+        back.occurred_at == at && b.sampled_at == at,
+        "the compact template's timestamp offsets are wrong"
+    );
+    s.head.clear();
+    Ok(s)
 }
 
 fn rack_source(site: &str, rack: u64) -> Source {
@@ -84,6 +157,7 @@ fn rack_source(site: &str, rack: u64) -> Source {
             Uuid::now_v7()
         ),
         tail: format!(r#"","samples":[{samples}]}}}}"#),
+        compact: None,
         samples: ASICS_PER_RACK,
         telemetry: true,
     }
@@ -115,18 +189,29 @@ fn worker_source(site: &str, worker: u64) -> Source {
             Uuid::now_v7()
         ),
         tail: format!(r#"","samples":[{samples}]}}}}"#),
+        compact: None,
         samples: GPUS_PER_WORKER,
         telemetry: false,
     }
 }
 
-fn render(s: &Source, now: &str, buf: &mut Vec<u8>) {
+fn render(s: &Source, now: OffsetDateTime, buf: &mut Vec<u8>) -> anyhow::Result<()> {
     buf.clear();
+    if let Some((bytes, offsets)) = &s.compact {
+        buf.extend_from_slice(bytes);
+        let nanos = i64::try_from(now.unix_timestamp_nanos())?.to_le_bytes();
+        for at in offsets {
+            buf[*at..*at + 8].copy_from_slice(&nanos);
+        }
+        return Ok(());
+    }
+    let now = now.format(&Rfc3339).context("format time")?;
     buf.extend_from_slice(s.head.as_bytes());
     buf.extend_from_slice(now.as_bytes());
     buf.extend_from_slice(s.middle.as_bytes());
     buf.extend_from_slice(now.as_bytes());
     buf.extend_from_slice(s.tail.as_bytes());
+    Ok(())
 }
 
 /// Produces on a dedicated thread until `stop` or `deadline`; returns samples produced.
@@ -173,10 +258,7 @@ fn produce(
                     std::thread::sleep(wait);
                 }
             }
-            let now = OffsetDateTime::now_utc()
-                .format(&Rfc3339)
-                .context("format time")?;
-            render(s, &now, &mut buf);
+            render(s, OffsetDateTime::now_utc(), &mut buf)?;
             let topic = if s.telemetry { &telemetry } else { &reports };
             loop {
                 match producer.send(BaseRecord::to(topic).key(&s.key).payload(&buf)) {
@@ -319,7 +401,12 @@ async fn run_in(
 
     let mut sources = Vec::new();
     for r in 0..opts.asics.div_ceil(ASICS_PER_RACK) {
-        sources.push(rack_source(&format!("s{}", r % 4), r));
+        let site = format!("s{}", r % 4);
+        sources.push(if opts.json {
+            rack_source(&site, r)
+        } else {
+            compact_rack_source(&site, r)?
+        });
     }
     for w in 0..opts.gpus.div_ceil(GPUS_PER_WORKER) {
         sources.push(worker_source(&format!("s{}", w % 4), w));

@@ -114,7 +114,7 @@ impl<P: Projection> BatchHandler for Projector<P> {
         // broker cannot make new events look like redeliveries.
         let mut todo: Vec<(usize, &OwnedMessage, Envelope)> = Vec::with_capacity(batch.len());
         for (i, msg) in batch.messages().iter().enumerate() {
-            match Envelope::from_json(msg.payload().unwrap_or_default()) {
+            match Envelope::decode(msg.payload().unwrap_or_default()) {
                 Ok(e) => todo.push((i, msg, e)),
                 Err(_) if batch.seen_before(i) => counts.duplicates += 1,
                 Err(e) => {

@@ -4,6 +4,7 @@
 //! This crate deliberately has no I/O dependencies (no rdkafka, no sqlx) so that every service,
 //! simulator and tool can share it without paying for the transport.
 
+pub mod compact;
 pub mod envelope;
 pub mod payload;
 pub mod request;

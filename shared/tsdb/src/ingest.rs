@@ -1,5 +1,7 @@
-//! The telemetry ingest: `telemetry` (ASIC batches) and `worker-reports` (GPU heartbeats) into
-//! `asic_telemetry` and `gpu_telemetry`, exactly once.
+//! The telemetry ingest: `telemetry` (ASIC batches, JSON or compact) and `worker-reports` (GPU
+//! heartbeats) into `asic_telemetry_batches` and `gpu_telemetry_batches` (one row per message,
+//! read one row per sample through the `asic_telemetry` and `gpu_telemetry` views), exactly
+//! once.
 //!
 //! A handler of the consumer engine ([`hcp_bus::engine`], group
 //! `<namespace>.telemetry-ingest`): the engine gathers up to `max_batch_messages` messages and
@@ -26,6 +28,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics_names as m;
+use crate::pgcopy;
 use crate::rows::{Added, Decoded, Rejection, Source, ASIC_COPY, GPU_COPY};
 use crate::{IngestSettings, TsdbError};
 
@@ -205,7 +208,14 @@ async fn write(tx: &mut PgConnection, d: &Decoded) -> Result<(), HandlerError> {
             continue;
         }
         let mut copy = tx.copy_in_raw(statement).await?;
-        if let Err(e) = copy.send(rows.as_slice()).await {
+        let mut sent = copy.send(pgcopy::HEADER).await;
+        if sent.is_ok() {
+            sent = copy.send(rows.as_slice()).await;
+        }
+        if sent.is_ok() {
+            sent = copy.send(pgcopy::TRAILER).await;
+        }
+        if let Err(e) = sent {
             // Ends the COPY cleanly, so the connection goes back to the pool usable.
             let _ = copy.abort(e.to_string()).await;
             return Err(e.into());

@@ -15,6 +15,7 @@
 pub mod ingest;
 pub mod maintenance;
 pub mod metrics_names;
+pub mod pgcopy;
 pub mod rows;
 pub mod settings;
 

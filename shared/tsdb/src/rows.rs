@@ -1,20 +1,23 @@
-//! The pure part of the ingest: Kafka payloads to `COPY ... FROM STDIN` text rows (one buffer
-//! per table) and the latest power of each rack and worker. No I/O, so it runs on a blocking
-//! thread and is unit-tested without a runtime.
+//! The pure part of the ingest: Kafka payloads (JSON or compact) to binary `COPY` rows (one
+//! buffer per table, one row per message with a sample per array element; migration 0011)
+//! and the latest power of each rack and worker. No I/O, so it runs on a blocking thread and
+//! is unit-tested without a runtime.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::Write;
 
-use hcp_events::payload::{AsicSample, AsicState, AsicTelemetryBatch, GpuSample, WorkerHeartbeat};
+use hcp_events::payload::{AsicState, AsicTelemetryBatch, WorkerHeartbeat};
 use hcp_events::{Envelope, EnvelopeError, Event};
 use time::{OffsetDateTime, UtcOffset};
 
+use crate::pgcopy;
+
 /// The `COPY` statement [`Decoded::asic_copy`] is written for.
-pub const ASIC_COPY: &str = "COPY asic_telemetry (time, site, rack, asic_id, model, state, \
-    hashrate_ths, power_w, power_target_w, temperature_c, hw_errors, accepted_shares) FROM STDIN";
+pub const ASIC_COPY: &str = "COPY asic_telemetry_batches (time, site, rack, asic_id, model, \
+    state, hashrate_ths, power_w, power_target_w, temperature_c, hw_errors, accepted_shares) \
+    FROM STDIN (FORMAT binary)";
 /// The `COPY` statement [`Decoded::gpu_copy`] is written for.
-pub const GPU_COPY: &str = "COPY gpu_telemetry (time, site, worker_id, gpu_id, utilization_pct, \
-    memory_used_mib, power_w, temperature_c) FROM STDIN";
+pub const GPU_COPY: &str = "COPY gpu_telemetry_batches (time, site, worker_id, gpu_id, \
+    utilization_pct, memory_used_mib, power_w, temperature_c) FROM STDIN (FORMAT binary)";
 
 /// Which topic a message came from: it decides what the message may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,9 +99,10 @@ pub struct WorkerPower {
 /// Everything a batch of messages will write.
 #[derive(Debug, Default)]
 pub struct Decoded {
-    /// `COPY` text rows for `asic_telemetry` ([`ASIC_COPY`]).
+    /// Binary `COPY` rows for `asic_telemetry_batches` ([`ASIC_COPY`]), without the header
+    /// and trailer ([`crate::pgcopy`]).
     pub asic_copy: Vec<u8>,
-    /// `COPY` text rows for `gpu_telemetry` ([`GPU_COPY`]).
+    /// Binary `COPY` rows for `gpu_telemetry_batches` ([`GPU_COPY`]), likewise.
     pub gpu_copy: Vec<u8>,
     /// ASIC samples in `asic_copy`.
     pub asic_samples: u64,
@@ -121,10 +125,10 @@ impl Decoded {
             return Err(Rejection {
                 malformed: true,
                 reason: "empty",
-                message: "empty message: expected a JSON event envelope".into(),
+                message: "empty message: expected an event envelope".into(),
             });
         }
-        let env = Envelope::from_json(payload)?;
+        let env = Envelope::decode(payload)?;
         let added = match (source, &env.payload) {
             (Source::Telemetry, Event::AsicTelemetryBatch(b)) => {
                 check_batch(b)?;
@@ -142,20 +146,14 @@ impl Decoded {
 
     fn add_asic(&mut self, b: &AsicTelemetryBatch) -> Added {
         let t = b.sampled_at.to_offset(UtcOffset::UTC);
-        let mut prefix = Vec::with_capacity(64);
-        write_ts(&mut prefix, t);
-        prefix.push(b'\t');
-        escape(&mut prefix, &b.site);
-        prefix.push(b'\t');
-        escape(&mut prefix, &b.rack);
-        prefix.push(b'\t');
         let mut power = 0.0;
         let mut states = [0i32; 5];
-        self.asic_copy.reserve(b.samples.len() * 96);
         for s in &b.samples {
-            asic_row(&mut self.asic_copy, &prefix, s);
             power += s.power_w;
             states[state_index(s.state)] += 1;
+        }
+        if !b.samples.is_empty() {
+            asic_row(&mut self.asic_copy, t, b);
         }
         self.asic_samples += b.samples.len() as u64;
         let summary = RackPower {
@@ -175,17 +173,9 @@ impl Decoded {
 
     fn add_gpu(&mut self, h: &WorkerHeartbeat, at: OffsetDateTime) -> Added {
         let t = at.to_offset(UtcOffset::UTC);
-        let mut prefix = Vec::with_capacity(64);
-        write_ts(&mut prefix, t);
-        prefix.push(b'\t');
-        escape(&mut prefix, &h.site);
-        prefix.push(b'\t');
-        escape(&mut prefix, &h.worker_id);
-        prefix.push(b'\t');
-        let mut power = 0.0;
-        for s in &h.samples {
-            gpu_row(&mut self.gpu_copy, &prefix, s);
-            power += s.power_w;
+        let power: f64 = h.samples.iter().map(|s| s.power_w).sum();
+        if !h.samples.is_empty() {
+            gpu_row(&mut self.gpu_copy, t, h);
         }
         self.gpu_samples += h.samples.len() as u64;
         let summary = WorkerPower {
@@ -327,76 +317,45 @@ fn check_heartbeat(h: &WorkerHeartbeat) -> Result<(), Rejection> {
     Ok(())
 }
 
-// Writing into a Vec<u8> cannot fail, hence the ignored results below.
-
-fn asic_row(out: &mut Vec<u8>, prefix: &[u8], s: &AsicSample) {
-    out.extend_from_slice(prefix);
-    escape(out, &s.asic_id);
-    out.push(b'\t');
-    escape(out, &s.model);
-    out.push(b'\t');
-    out.extend_from_slice(state_name(s.state).as_bytes());
-    let _ = writeln!(
-        out,
-        "\t{}\t{}\t{}\t{}\t{}\t{}",
-        s.hashrate_ths,
-        s.power_w,
-        s.power_target_w,
-        s.temperature_c,
-        s.hw_errors,
-        s.accepted_shares
-    );
+/// One `asic_telemetry_batches` row: the rack's samples as arrays.
+fn asic_row(out: &mut Vec<u8>, t: OffsetDateTime, b: &AsicTelemetryBatch) {
+    let s = &b.samples;
+    pgcopy::row(out, 12);
+    pgcopy::timestamptz(out, t);
+    pgcopy::text(out, &b.site);
+    pgcopy::text(out, &b.rack);
+    pgcopy::text_array(out, s.iter().map(|s| s.asic_id.as_str()));
+    pgcopy::text_array(out, s.iter().map(|s| s.model.as_str()));
+    pgcopy::text_array(out, s.iter().map(|s| state_name(s.state)));
+    pgcopy::f64_array(out, s.iter().map(|s| s.hashrate_ths));
+    pgcopy::f64_array(out, s.iter().map(|s| s.power_w));
+    pgcopy::f64_array(out, s.iter().map(|s| s.power_target_w));
+    pgcopy::f64_array(out, s.iter().map(|s| s.temperature_c));
+    // Checked to fit by `check_batch`.
+    pgcopy::i32_array(out, s.iter().map(|s| s.hw_errors as i32));
+    pgcopy::i32_array(out, s.iter().map(|s| s.accepted_shares as i32));
 }
 
-fn gpu_row(out: &mut Vec<u8>, prefix: &[u8], s: &GpuSample) {
-    out.extend_from_slice(prefix);
-    escape(out, &s.gpu_id);
-    let _ = writeln!(
-        out,
-        "\t{}\t{}\t{}\t{}",
-        s.utilization_pct, s.memory_used_mib, s.power_w, s.temperature_c
-    );
-}
-
-/// `YYYY-MM-DD HH:MM:SS.ffffff+00` of a UTC time.
-fn write_ts(out: &mut Vec<u8>, t: OffsetDateTime) {
-    let _ = write!(
-        out,
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}+00",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.microsecond()
-    );
-}
-
-/// Text-format `COPY` escaping: backslash, tab, newline and carriage return.
-fn escape(out: &mut Vec<u8>, s: &str) {
-    if !s
-        .bytes()
-        .any(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r'))
-    {
-        out.extend_from_slice(s.as_bytes());
-        return;
-    }
-    for b in s.bytes() {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            _ => out.push(b),
-        }
-    }
+/// One `gpu_telemetry_batches` row: the heartbeat's GPU samples as arrays.
+fn gpu_row(out: &mut Vec<u8>, t: OffsetDateTime, h: &WorkerHeartbeat) {
+    let s = &h.samples;
+    pgcopy::row(out, 8);
+    pgcopy::timestamptz(out, t);
+    pgcopy::text(out, &h.site);
+    pgcopy::text(out, &h.worker_id);
+    pgcopy::text_array(out, s.iter().map(|s| s.gpu_id.as_str()));
+    pgcopy::f64_array(out, s.iter().map(|s| s.utilization_pct));
+    // Checked to fit by `check_heartbeat`.
+    pgcopy::i64_array(out, s.iter().map(|s| s.memory_used_mib as i64));
+    pgcopy::f64_array(out, s.iter().map(|s| s.power_w));
+    pgcopy::f64_array(out, s.iter().map(|s| s.temperature_c));
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use hcp_events::payload::AsicSample;
     use hcp_events::site_stream;
     use time::macros::datetime;
 
@@ -430,7 +389,7 @@ mod tests {
     }
 
     #[test]
-    fn an_asic_batch_becomes_copy_rows_and_a_rack_summary() {
+    fn an_asic_batch_becomes_one_copy_row_and_a_rack_summary() {
         let mut d = Decoded::default();
         let at = datetime!(2026-03-01 12:34:56.5 UTC);
         let added = d
@@ -447,13 +406,14 @@ mod tests {
             )
             .unwrap();
         assert_eq!(added, Added::Rows(2, 0));
-        let text = String::from_utf8(d.asic_copy.clone()).unwrap();
-        let first = text.lines().next().unwrap();
-        assert_eq!(
-            first,
-            "2026-03-01 12:34:56.500000+00\tw1\tr\\t1\ta1\tS21 XP\thashing\t270\t3600\t3645\t61.5\t0\t12"
-        );
-        assert_eq!(text.lines().count(), 2);
+        // One row of twelve fields; binary COPY needs no escaping of the tab in the rack.
+        let mut expected = Vec::new();
+        pgcopy::row(&mut expected, 12);
+        pgcopy::timestamptz(&mut expected, at);
+        pgcopy::text(&mut expected, "w1");
+        pgcopy::text(&mut expected, "r\t1");
+        pgcopy::text_array(&mut expected, ["a1", "a2"].into_iter());
+        assert!(d.asic_copy.starts_with(&expected));
         let rack = d.racks[&("w1".to_owned(), "r\t1".to_owned())];
         assert_eq!(rack.power_w, 3625.5);
         assert_eq!(rack.states, [1, 0, 1, 0, 0]);
@@ -506,12 +466,5 @@ mod tests {
         let json = batch("r1", datetime!(2026-03-01 12:00 UTC), vec![]);
         assert_eq!(d.add(Source::WorkerReports, &json).unwrap(), Added::Ignored);
         assert!(d.asic_copy.is_empty());
-    }
-
-    #[test]
-    fn copy_escaping_covers_the_four_special_bytes() {
-        let mut out = Vec::new();
-        escape(&mut out, "a\\b\tc\nd\re");
-        assert_eq!(out, b"a\\\\b\\tc\\nd\\re");
     }
 }

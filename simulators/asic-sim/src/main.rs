@@ -97,6 +97,10 @@ struct Args {
     /// No progress lines on stderr.
     #[arg(long)]
     quiet: bool,
+    /// Send telemetry as JSON envelopes instead of the compact binary encoding
+    /// (`schemas/compact/asic-telemetry-batch.v1.ksy`).
+    #[arg(long)]
+    json_telemetry: bool,
 }
 
 #[tokio::main]
@@ -140,6 +144,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
         max_ticks: a.ticks,
         group: a.group.clone(),
         progress: !a.quiet,
+        json_telemetry: a.json_telemetry,
     };
     let sim = AsicSim::new(config)?;
     let _telemetry = hcp_telemetry::init_tracing("hcp-asic-sim", &TelemetrySettings::default())?;

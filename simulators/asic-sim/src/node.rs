@@ -58,6 +58,8 @@ pub struct AsicSimConfig {
     pub group: Option<String>,
     /// Print progress to stderr every few seconds.
     pub progress: bool,
+    /// Telemetry as JSON envelopes instead of the compact encoding (`hcp_events::compact`).
+    pub json_telemetry: bool,
 }
 
 impl Default for AsicSimConfig {
@@ -72,6 +74,7 @@ impl Default for AsicSimConfig {
             max_ticks: None,
             group: None,
             progress: false,
+            json_telemetry: false,
         }
     }
 }
@@ -451,7 +454,7 @@ fn simulate(
                 metrics::counter!(m::FAULTS, "kind" => kind).increment(u64::from(*n));
             }
         }
-        let (batch, samples) = encode_tick(&mut fleet, topic, t);
+        let (batch, samples) = encode_tick(&mut fleet, topic, t, config.json_telemetry);
         let summary = fleet.summary();
         for (s, site) in summary.iter().zip(&layout.sites) {
             for (k, state) in STATES.iter().enumerate() {
@@ -508,8 +511,9 @@ fn state_label(s: hcp_events::payload::AsicState) -> &'static str {
     }
 }
 
-/// One message per rack at simulated time `t`; returns them and the number of samples.
-fn encode_tick(fleet: &mut Fleet, topic: &str, t: f64) -> (Vec<OutgoingMessage>, u64) {
+/// One message per rack at simulated time `t` (compact, or JSON with `json`); returns them and
+/// the number of samples.
+fn encode_tick(fleet: &mut Fleet, topic: &str, t: f64, json: bool) -> (Vec<OutgoingMessage>, u64) {
     let layout = fleet.layout().clone();
     // The sample time is whole milliseconds and the stream sequence is that same number, so a
     // consumer can rely on `sequence == sampled_at in ms` whatever rounding `t` carries.
@@ -539,7 +543,12 @@ fn encode_tick(fleet: &mut Fleet, topic: &str, t: f64) -> (Vec<OutgoingMessage>,
             }),
         );
         env.sequence = sequence;
-        let payload = match env.to_json() {
+        let encoded = if json {
+            env.to_json()
+        } else {
+            hcp_events::compact::encode(&env)
+        };
+        let payload = match encoded {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, rack = %rack.id, "cannot encode telemetry; dropping it");
@@ -583,11 +592,11 @@ mod tests {
         for t in [1_795_459_306.777, 1_700_000_000.1, 1_700_000_000.3] {
             let mut fleet = Fleet::new(layout.clone(), SimParams::default().without_faults(), t);
             fleet.advance(t);
-            let (batch, samples) = encode_tick(&mut fleet, "telemetry", t);
+            let (batch, samples) = encode_tick(&mut fleet, "telemetry", t, t > 1_700_000_000.2);
             assert_eq!(batch.len(), 3);
             assert_eq!(samples, 300);
             for m in batch {
-                let e = Envelope::from_json(&m.payload).unwrap();
+                let e = Envelope::decode(&m.payload).unwrap();
                 let Event::AsicTelemetryBatch(b) = e.payload else {
                     panic!("not a telemetry batch: {:?}", e.payload);
                 };
