@@ -601,7 +601,7 @@ async fn a_restarted_router_neither_proposes_twice_nor_reuses_promised_gpus() {
 async fn router_tables(env: &TestEnv) -> Vec<String> {
     let mut rows: Vec<String> = sqlx::query_scalar(
         "SELECT concat_ws('|', workload_id, state, last_version, updated_at, kind, priority, \
-             interruptible, queued_at, proposed_worker, proposed_gpus::text, proposed_at, \
+             interruptible, class_reason, queued_at, proposed_worker, proposed_gpus::text, proposed_at, \
              attempts, next_attempt_at, last_error, worker_id, gpu_ids::text, progress, \
              progress_at, preempted_for, preempted_at) \
          FROM router_queue ORDER BY workload_id",
@@ -693,7 +693,7 @@ async fn a_batch_folds_to_the_same_tables_as_its_events_applied_one_by_one() {
     };
     let started = |id: Uuid| Event::WorkloadStarted(WorkloadStarted { workload_id: id });
     let streams: Vec<Vec<Event>> = vec![
-        // Classified by the router (its append is the stream's next event).
+        // Classified by the router into its row (the placement cycle announces it).
         vec![submitted(ids[0], 2)],
         // No worker could ever hold 16 GPUs: failed by the router.
         vec![submitted(ids[1], 16)],
@@ -821,7 +821,13 @@ async fn a_batch_folds_to_the_same_tables_as_its_events_applied_one_by_one() {
             .cloned()
             .unwrap()
     };
-    assert!(row(ids[0]).contains("|queued|2|"), "{}", row(ids[0]));
+    // Classified at the submission's version, with the reason the announcement will give.
+    assert!(row(ids[0]).contains("|queued|1|"), "{}", row(ids[0]));
+    assert!(
+        row(ids[0]).contains("|training|") && row(ids[0]).contains("training as stated"),
+        "{}",
+        row(ids[0])
+    );
     assert!(row(ids[1]).contains("|failed|2|"), "{}", row(ids[1]));
     assert!(row(ids[2]).contains("|completed|7|"), "{}", row(ids[2]));
     assert!(row(ids[3]).contains("|queued|6|"), "{}", row(ids[3]));
@@ -840,7 +846,8 @@ async fn a_batch_folds_to_the_same_tables_as_its_events_applied_one_by_one() {
     for free in 2..8 {
         assert_eq!(holder(free), g(free));
     }
-    // What the router appended: queued for the first, failed for the second and the fifth.
+    // What the router's projection appended: failed for the second and the fifth (the queued
+    // events are the placement cycle's).
     let log = EventStore::new(batch.pool.clone())
         .read_all(0, 1000)
         .await
@@ -858,7 +865,6 @@ async fn a_batch_folds_to_the_same_tables_as_its_events_applied_one_by_one() {
     assert_eq!(
         appended,
         [
-            (workload_stream(ids[0]), "workload.queued"),
             (workload_stream(ids[1]), "workload.failed"),
             (workload_stream(ids[4]), "workload.failed"),
         ]
@@ -919,6 +925,17 @@ async fn placing_directly_schedules_in_one_step_and_refuses_what_the_ledger_does
     );
     assert_eq!(evs[2].causation_id, Some(evs[1].event_id));
     assert_eq!(evs[2].producer, hcp_router::PRODUCER);
+    // Classified and placed in one cycle: queued and scheduled were written by one
+    // transaction (the log's rows are never updated, so xmin is the writing transaction).
+    let writers: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT xmin::text) FROM events WHERE stream_id = $1 \
+         AND stream_sequence IN (2, 3)",
+    )
+    .bind(workload_stream(id))
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(writers, 1, "queued and scheduled in separate transactions");
     let Event::WorkloadScheduled(s) = &evs[2].payload else {
         panic!("not scheduled: {:?}", evs[2])
     };

@@ -244,6 +244,7 @@ impl ResourceManager {
             let requests: Vec<Request<'_>> = todo
                 .iter()
                 .map(|(e, p)| Request {
+                    announce: None,
                     workload_id: p.workload_id,
                     worker_id: &p.worker_id,
                     gpu_ids: &p.gpu_ids,

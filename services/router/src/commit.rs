@@ -17,14 +17,33 @@ use uuid::Uuid;
 
 use crate::PRODUCER;
 
-/// One decision of a pass: an event to append to a workload stream at `expected`.
+/// One decision of a pass: an event to append to a workload stream at `expected`, after
+/// `announce` (the workload's `workload.queued`) when the workload was not announced yet.
 #[derive(Debug, Clone)]
 pub(crate) struct Append {
     pub(crate) workload_id: Uuid,
     pub(crate) expected: i64,
     pub(crate) correlation_id: Uuid,
     pub(crate) causation_id: Uuid,
+    pub(crate) announce: Option<Event>,
     pub(crate) event: Event,
+}
+
+impl Append {
+    /// The envelopes to append, each caused by the one before (the first by the last event
+    /// the decision saw), all in the workload's flow.
+    fn envelopes(&self, stream: &str) -> Vec<Envelope> {
+        let mut out = Vec::with_capacity(2);
+        let mut cause = self.causation_id;
+        for event in self.announce.iter().chain(std::iter::once(&self.event)) {
+            let mut envelope = Envelope::new(stream.to_owned(), PRODUCER, event.clone());
+            envelope.correlation_id = self.correlation_id;
+            envelope.causation_id = Some(cause);
+            cause = envelope.event_id;
+            out.push(envelope);
+        }
+        out
+    }
 }
 
 /// Appends every decision, a chunk per transaction.
@@ -74,15 +93,10 @@ async fn append_chunk(
         .iter()
         .map(|a| workload_stream(a.workload_id))
         .collect();
-    let envelopes: Vec<[Envelope; 1]> = chunk
+    let envelopes: Vec<Vec<Envelope>> = chunk
         .iter()
         .zip(&streams)
-        .map(|(a, stream)| {
-            let mut envelope = Envelope::new(stream.clone(), PRODUCER, a.event.clone());
-            envelope.correlation_id = a.correlation_id;
-            envelope.causation_id = Some(a.causation_id);
-            [envelope]
-        })
+        .map(|(a, stream)| a.envelopes(stream))
         .collect();
     // A stream may appear once per batch; a second decision for the same workload in one
     // chunk is left for the next pass (its expected version will have moved on).
@@ -162,6 +176,7 @@ async fn place_chunk(
         }
         slots.push(Some(requests.len()));
         requests.push(Request {
+            announce: a.announce.as_ref(),
             workload_id: a.workload_id,
             worker_id: &p.worker_id,
             gpu_ids: &p.gpu_ids,

@@ -14,7 +14,9 @@ use hcp_domain::placement::{
 use hcp_domain::preempt::{choose_victims, PreemptionPolicy, RunningWorkload};
 use hcp_domain::queue::FairQueue;
 use hcp_domain::WorkloadState;
-use hcp_events::payload::{WorkloadFailed, WorkloadPlacementProposed, WorkloadPreempted};
+use hcp_events::payload::{
+    WorkloadFailed, WorkloadPlacementProposed, WorkloadPreempted, WorkloadQueued,
+};
 use hcp_events::{Event, WorkloadKind};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -40,6 +42,7 @@ struct Workload {
     kind: Option<WorkloadKind>,
     priority: Option<u8>,
     interruptible: bool,
+    class_reason: Option<String>,
     request: PlacementRequest,
     deadline: Option<OffsetDateTime>,
     state: WorkloadState,
@@ -58,12 +61,30 @@ struct Workload {
 }
 
 impl Workload {
+    /// Classified by the projection but not announced yet: its stream holds only the
+    /// submission (sequence 1), and the cycle appends `workload.queued` before anything else.
+    fn unannounced(&self) -> bool {
+        self.state == WorkloadState::Queued && self.priority.is_some() && self.last_version == 1
+    }
+
+    /// The `workload.queued` that announces the classification.
+    fn queued_event(&self, id: Uuid) -> Option<Event> {
+        Some(Event::WorkloadQueued(WorkloadQueued {
+            workload_id: id,
+            kind: self.kind?,
+            priority: self.priority?,
+            interruptible: self.interruptible,
+            reason: self.class_reason.clone().unwrap_or_default(),
+        }))
+    }
+
     fn from_row(r: WorkloadRow, state: WorkloadState) -> Self {
         Self {
             tenant: r.tenant_id,
             kind: r.kind.as_deref().and_then(repo::parse_kind),
             priority: r.priority.and_then(|p| u8::try_from(p).ok()),
             interruptible: r.interruptible.unwrap_or(false),
+            class_reason: r.class_reason,
             request: PlacementRequest {
                 gpu_count: u32::try_from(r.gpu_count).unwrap_or(0),
                 gpu_type: r.gpu_type,
@@ -126,6 +147,8 @@ struct Preemption {
 pub(crate) struct Plan {
     pub(crate) expired: Vec<Append>,
     pub(crate) proposals: Vec<Append>,
+    /// `workload.queued` for classified workloads this pass could not place.
+    pub(crate) announcements: Vec<Append>,
     /// Per real-time workload, its victims' preempted events.
     pub(crate) preemptions: Vec<(Uuid, Vec<Append>)>,
     pub(crate) considered: usize,
@@ -138,6 +161,7 @@ pub(crate) struct Plan {
 pub(crate) struct Appended {
     pub(crate) expired: Vec<Option<i64>>,
     pub(crate) proposed: Vec<Option<i64>>,
+    pub(crate) announced: Vec<Option<i64>>,
     pub(crate) waves: Vec<Vec<Option<i64>>>,
 }
 
@@ -167,6 +191,10 @@ pub(crate) struct State {
     failing: HashMap<Uuid, i64>,
     /// Preempted events appended (stream version), until the row moves past them.
     pending_victims: HashMap<Uuid, i64>,
+    /// Classified workloads whose `workload.queued` is not appended yet.
+    unannounced: HashSet<Uuid>,
+    /// Announcements appended (stream version), until the row moves past them.
+    announcing: HashMap<Uuid, i64>,
     /// Real-time workload → its last wave of victims.
     preemptions: HashMap<Uuid, Preemption>,
     bucket: TokenBucket,
@@ -191,6 +219,8 @@ impl State {
             proposals: HashMap::new(),
             failing: HashMap::new(),
             pending_victims: HashMap::new(),
+            unannounced: HashSet::new(),
+            announcing: HashMap::new(),
             preemptions: HashMap::new(),
             bucket: TokenBucket::new(config.preemption_burst, config.preemptions_per_minute, now),
             last_housekeeping: None,
@@ -253,6 +283,8 @@ impl State {
         self.proposals.remove(&id);
         self.failing.remove(&id);
         self.pending_victims.remove(&id);
+        self.unannounced.remove(&id);
+        self.announcing.remove(&id);
         self.preemptions.remove(&id);
     }
 
@@ -293,6 +325,18 @@ impl State {
         {
             self.pending_victims.remove(&id);
         }
+        if self
+            .announcing
+            .get(&id)
+            .is_some_and(|v| w.last_version >= *v)
+        {
+            self.announcing.remove(&id);
+        }
+        if w.unannounced() {
+            self.unannounced.insert(id);
+        } else {
+            self.unannounced.remove(&id);
+        }
         let placeable = w.state == WorkloadState::Queued && w.priority.is_some();
         match (placeable, self.queue.priority_of(&id)) {
             (true, Some(p)) if Some(p) == w.priority => {}
@@ -332,6 +376,7 @@ impl State {
             && w.priority.is_some()
             && !self.proposals.contains_key(id)
             && !self.failing.contains_key(id)
+            && !self.announcing.contains_key(id)
             && w.next_attempt_at.is_none_or(|t| t <= now)
             && w.deadline.is_none_or(|d| d > now);
         ok.then_some(&w.request)
@@ -349,6 +394,8 @@ impl State {
         })
     }
 
+    /// `event` for workload `id` at the version last seen, announced first when it has not
+    /// been (the stream then reads submitted, queued, `event`).
     fn append_for(&self, id: Uuid, event: Event) -> Option<Append> {
         let w = self.workloads.get(&id)?;
         Some(Append {
@@ -356,6 +403,11 @@ impl State {
             expected: w.last_version,
             correlation_id: w.correlation_id,
             causation_id: w.last_event_id,
+            announce: if w.unannounced() {
+                w.queued_event(id)
+            } else {
+                None
+            },
             event,
         })
     }
@@ -542,6 +594,29 @@ impl State {
             plan.proposals.extend(self.append_for(id, event));
         }
 
+        // Announce what was classified and has to wait.
+        let expiring: HashSet<Uuid> = plan.expired.iter().map(|a| a.workload_id).collect();
+        let mut waiting: Vec<Uuid> = self
+            .unannounced
+            .iter()
+            .filter(|id| {
+                !placed.contains(*id)
+                    && !expiring.contains(*id)
+                    && !self.announcing.contains_key(*id)
+            })
+            .copied()
+            .collect();
+        waiting.sort_unstable();
+        for id in waiting {
+            let Some(event) = self.workloads.get(&id).and_then(|w| w.queued_event(id)) else {
+                continue;
+            };
+            if let Some(mut a) = self.append_for(id, event) {
+                a.announce = None;
+                plan.announcements.push(a);
+            }
+        }
+
         // Preemption for real-time work that still does not fit.
         let candidates: Vec<Uuid> = REALTIME_LEVELS
             .iter()
@@ -636,6 +711,11 @@ impl State {
                 self.failing.insert(a.workload_id, v);
                 done.expired += 1;
                 tracing::info!(workload_id = %a.workload_id, "deadline passed before placement");
+            }
+        }
+        for (a, v) in plan.announcements.iter().zip(appended.announced) {
+            if let Some(v) = v {
+                self.announcing.insert(a.workload_id, v);
             }
         }
         for (a, v) in plan.proposals.iter().zip(appended.proposed) {
@@ -734,6 +814,7 @@ mod tests {
             kind: Some(repo::kind_str(kind).into()),
             priority: Some(priority),
             interruptible: Some(kind != WorkloadKind::RealtimeInference),
+            class_reason: None,
             gpu_count: gpus,
             gpu_type: None,
             gpu_memory_mib: 0,
@@ -776,6 +857,11 @@ mod tests {
             proposed: plan
                 .proposals
                 .iter()
+                .map(|a| Some(a.expected + 1 + i64::from(a.announce.is_some())))
+                .collect(),
+            announced: plan
+                .announcements
+                .iter()
                 .map(|a| Some(a.expected + 1))
                 .collect(),
             waves: plan
@@ -788,6 +874,48 @@ mod tests {
 
     fn proposed_ids(plan: &Plan) -> Vec<Uuid> {
         plan.proposals.iter().map(|a| a.workload_id).collect()
+    }
+
+    #[test]
+    fn a_fresh_classification_is_announced_with_its_placement_or_alone_when_it_must_wait() {
+        // Two classified submissions (stream version 1: nothing appended after them yet), one
+        // free GPU.
+        let fresh = |n| {
+            let mut r = row(n, WorkloadKind::BatchInference, 5, 1);
+            r.last_version = 1;
+            r.class_reason = Some("stated kind".into());
+            r
+        };
+        let mut s = state(vec![worker("w", 1)], vec![fresh(1), fresh(2)]);
+        let plan = s.plan(NOW, &config());
+        assert_eq!(proposed_ids(&plan), vec![Uuid::from_u128(1)]);
+        let placed = &plan.proposals[0];
+        assert_eq!(placed.expected, 1);
+        let Some(Event::WorkloadQueued(q)) = &placed.announce else {
+            panic!("the placement is not announced: {:?}", placed.announce)
+        };
+        assert_eq!((q.priority, q.reason.as_str()), (5, "stated kind"));
+        // The one that waits is announced alone, without a second queued event inside.
+        assert_eq!(plan.announcements.len(), 1);
+        let waiting = &plan.announcements[0];
+        assert_eq!(waiting.workload_id, Uuid::from_u128(2));
+        assert!(waiting.announce.is_none());
+        assert!(matches!(waiting.event, Event::WorkloadQueued(_)));
+        s.record(&plan, all_appended(&plan), NOW);
+
+        // The first one ended and freed its GPU. Until the second's row shows the
+        // announcement, it is neither placed nor announced again.
+        s.forget(Uuid::from_u128(1));
+        let plan = s.plan(NOW, &config());
+        assert!(plan.proposals.is_empty() && plan.announcements.is_empty());
+        // Once it does, it is placed at version 2 with nothing to announce.
+        let mut announced = fresh(2);
+        announced.last_version = 2;
+        s.apply_workload(announced);
+        let plan = s.plan(NOW, &config());
+        assert_eq!(proposed_ids(&plan), vec![Uuid::from_u128(2)]);
+        assert_eq!(plan.proposals[0].expected, 2);
+        assert!(plan.proposals[0].announce.is_none());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The router projection's write path: a run of workload events folded set-based. One insert
 //! of the new submissions, one locked read of every row the run touches, the fold in memory
 //! (the same rules for one event or a thousand), one batched append of what follows from them
-//! (`workload.queued`, or `workload.failed` for an infeasible submission or a placement given
-//! up), one write of the changed rows, one of the GPUs' holders and one of the breakers.
+//! (`workload.failed` for an infeasible submission or a placement given up), one write of the
+//! changed rows, one of the GPUs' holders and one of the breakers. A feasible submission is
+//! classified into its row; the placement cycle announces it (`workload.queued`).
 //!
 //! An event the router answers with an append is answered only if it is the last event of its
 //! stream in the run: the append expects the stream at that event's sequence, and a later
@@ -18,7 +19,7 @@ use hcp_domain::classify::{classify, Classification};
 use hcp_domain::placement::{feasible_ever, FleetShape, PlacementRequest};
 use hcp_domain::{transition, WorkloadState};
 use hcp_events::payload::{
-    RejectCode, WorkloadFailed, WorkloadPlacementRejected, WorkloadQueued, WorkloadSubmitted,
+    RejectCode, WorkloadFailed, WorkloadPlacementRejected, WorkloadSubmitted,
 };
 use hcp_events::{workload_stream, Envelope, Event};
 use serde::Serialize;
@@ -62,6 +63,7 @@ struct QueueRow {
     kind: Option<String>,
     priority: Option<i16>,
     interruptible: Option<bool>,
+    class_reason: Option<String>,
     #[serde(with = "time::serde::rfc3339::option")]
     queued_at: Option<OffsetDateTime>,
     proposed_worker: Option<String>,
@@ -83,7 +85,7 @@ struct QueueRow {
 }
 
 const ROW_COLUMNS: &str = "workload_id, state, last_version, last_event_id, updated_at, kind, \
-    priority, interruptible, queued_at, proposed_worker, proposed_gpus, proposed_at, attempts, \
+    priority, interruptible, class_reason, queued_at, proposed_worker, proposed_gpus, proposed_at, attempts, \
     next_attempt_at, last_error, worker_id, gpu_ids, progress, progress_at, preempted_for, \
     preempted_at";
 
@@ -106,12 +108,15 @@ impl QueueRow {
         self.proposed_at = None;
     }
 
-    /// The classification of a queued workload.
+    /// The classification of a queued workload (the reason is kept when `c` has none).
     fn classify(&mut self, s: &Step, c: &Classification) {
         self.advance(s);
         self.kind = Some(kind_str(c.kind).to_owned());
         self.priority = Some(i16::from(c.priority));
         self.interruptible = Some(c.interruptible);
+        if !c.reason.is_empty() {
+            self.class_reason = Some(c.reason.clone());
+        }
         self.queued_at.get_or_insert(s.at);
     }
 
@@ -148,7 +153,6 @@ enum BreakerOp {
 /// What an answered event's append does to its row once it went through (or did not).
 #[derive(Debug)]
 enum Then {
-    Classified(Classification),
     Infeasible(String),
     GiveUp {
         step: Step,
@@ -219,7 +223,10 @@ impl<'a> Fold<'a> {
         });
     }
 
-    /// A new submission: classified and queued, or refused when no worker could ever hold it.
+    /// A new submission: classified, or refused when no worker could ever hold it. The
+    /// classification goes into the row only: the placement cycle announces it
+    /// (`workload.queued`), in the same append as the placement when the workload fits at
+    /// once, so a workload placed straight away costs one transaction and one hop fewer.
     fn submitted(
         &mut self,
         e: &'a Envelope,
@@ -227,10 +234,6 @@ impl<'a> Fold<'a> {
         fleet: &FleetShape,
         last: bool,
     ) {
-        if !last {
-            tracing::debug!(workload_id = %p.workload_id, "stream moved on; not classifying");
-            return;
-        }
         let class = classify(p);
         let request = PlacementRequest {
             gpu_count: p.gpu_count,
@@ -239,14 +242,17 @@ impl<'a> Fold<'a> {
         };
         match feasible_ever(&request, fleet) {
             Ok(()) => {
-                let queued = Event::WorkloadQueued(WorkloadQueued {
-                    workload_id: p.workload_id,
-                    kind: class.kind,
-                    priority: class.priority,
-                    interruptible: class.interruptible,
-                    reason: class.reason.clone(),
-                });
-                self.answer(e, p.workload_id, queued, Then::Classified(class));
+                let Some(row) = self.rows.get_mut(&p.workload_id) else {
+                    return;
+                };
+                row.classify(&Step::of(e, WorkloadState::Queued), &class);
+                self.touch(p.workload_id);
+                let waited = (OffsetDateTime::now_utc() - e.occurred_at).as_seconds_f64();
+                metrics::histogram!(m::SUBMIT_TO_QUEUED).record(waited.max(0.0));
+                tracing::debug!(workload_id = %p.workload_id, priority = class.priority, reason = %class.reason, "classified");
+            }
+            Err(_) if !last => {
+                tracing::debug!(workload_id = %p.workload_id, "stream moved on; not refusing");
             }
             Err(infeasible) => {
                 let failed = Event::WorkloadFailed(WorkloadFailed {
@@ -433,18 +439,6 @@ impl<'a> Fold<'a> {
         let at = answer.cause.occurred_at;
         let mut release = false;
         match (&answer.then, appended) {
-            (Then::Classified(class), Some((version, event_id))) => {
-                let step = Step {
-                    state: WorkloadState::Queued,
-                    version,
-                    event_id,
-                    at,
-                };
-                row.classify(&step, class);
-                let waited = (OffsetDateTime::now_utc() - at).as_seconds_f64();
-                metrics::histogram!(m::SUBMIT_TO_QUEUED).record(waited.max(0.0));
-                tracing::debug!(workload_id = %id, priority = class.priority, reason = %class.reason, "queued");
-            }
             (Then::Infeasible(reason), Some((version, event_id))) => {
                 let step = Step {
                     state: WorkloadState::Failed,
@@ -487,7 +481,7 @@ impl<'a> Fold<'a> {
                 },
                 None,
             ) => row.record_rejection(step, *attempts, Some(*next), rejection),
-            (Then::Classified(_) | Then::Infeasible(_), None) => {
+            (Then::Infeasible(_), None) => {
                 tracing::debug!(workload_id = %id, "stream moved on; not appending");
                 return;
             }
@@ -695,7 +689,8 @@ async fn write_rows(tx: &mut PgConnection, fold: &Fold<'_>) -> Result<(), sqlx::
     sqlx::query(
         "UPDATE router_queue q SET state = u.state, last_version = u.last_version, \
              last_event_id = u.last_event_id, updated_at = u.updated_at, kind = u.kind, \
-             priority = u.priority, interruptible = u.interruptible, queued_at = u.queued_at, \
+             priority = u.priority, interruptible = u.interruptible, \
+             class_reason = u.class_reason, queued_at = u.queued_at, \
              proposed_worker = u.proposed_worker, proposed_gpus = u.proposed_gpus, \
              proposed_at = u.proposed_at, attempts = u.attempts, \
              next_attempt_at = u.next_attempt_at, last_error = u.last_error, \
@@ -704,7 +699,7 @@ async fn write_rows(tx: &mut PgConnection, fold: &Fold<'_>) -> Result<(), sqlx::
              preempted_at = u.preempted_at \
          FROM jsonb_to_recordset($1) AS u(workload_id uuid, state text, last_version bigint, \
              last_event_id uuid, updated_at timestamptz, kind text, priority smallint, \
-             interruptible boolean, queued_at timestamptz, proposed_worker text, \
+             interruptible boolean, class_reason text, queued_at timestamptz, proposed_worker text, \
              proposed_gpus text[], proposed_at timestamptz, attempts integer, \
              next_attempt_at timestamptz, last_error text, worker_id text, gpu_ids text[], \
              progress double precision, progress_at timestamptz, preempted_for uuid, \

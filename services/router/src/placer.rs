@@ -216,6 +216,7 @@ impl Placer {
         for (_, appends) in &plan.preemptions {
             waves.push(commit::append_all(&self.pool, &publish, chunk, appends).await);
         }
+        let announced = commit::append_all(&self.pool, &publish, chunk, &plan.announcements).await;
         let Some(state) = self.state.as_mut() else {
             return;
         };
@@ -224,6 +225,7 @@ impl Placer {
             Appended {
                 expired,
                 proposed,
+                announced,
                 waves,
             },
             now,

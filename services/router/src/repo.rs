@@ -219,6 +219,8 @@ pub struct WorkloadRow {
     pub priority: Option<i16>,
     /// Interruptible (NULL until queued).
     pub interruptible: Option<bool>,
+    /// How the class was decided (the reason `workload.queued` gives).
+    pub class_reason: Option<String>,
     /// GPUs wanted.
     pub gpu_count: i32,
     /// GPU type wanted.
@@ -301,8 +303,8 @@ pub async fn read_changes(pool: &PgPool, watermark: i64) -> Result<Changes, sqlx
     .fetch_all(&mut *tx)
     .await?;
     let workloads = sqlx::query_as(
-        "SELECT workload_id, tenant_id, kind, priority, interruptible, gpu_count, gpu_type, \
-             gpu_memory_mib, deadline, state, last_version, last_event_id, correlation_id, \
+        "SELECT workload_id, tenant_id, kind, priority, interruptible, class_reason, gpu_count, \
+             gpu_type, gpu_memory_mib, deadline, state, last_version, last_event_id, correlation_id, \
              attempts, next_attempt_at, proposed_worker, proposed_gpus, proposed_at, \
              worker_id, gpu_ids, progress_at, preempted_for, \
              preempted_at, queued_at, submitted_at \

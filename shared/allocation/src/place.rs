@@ -57,6 +57,9 @@ pub enum RequestKind {
 /// One placement to decide: a gang of GPUs on one worker for one workload.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
+    /// An event to append before the answer, in the same append (the router's
+    /// `workload.queued` for a workload classified and placed in one cycle).
+    pub announce: Option<&'a Event>,
     /// The workload.
     pub workload_id: Uuid,
     /// The worker.
@@ -288,8 +291,16 @@ pub async fn place(
     for d in &decisions {
         let r = d.request;
         let stream = workload_stream(r.workload_id);
-        let mut events = Vec::with_capacity(2);
+        let mut events = Vec::with_capacity(3);
         let mut cause = r.cause;
+        if let Some(first) = r.announce {
+            let announced = envelope(&stream, sink.producer, first.clone(), cause);
+            cause = Cause {
+                event_id: announced.event_id,
+                correlation_id: r.cause.correlation_id,
+            };
+            events.push(announced);
+        }
         if let (Err(_), RequestKind::Direct { score, attempt, .. }) = (&d.verdict, r.kind) {
             let proposed = envelope(
                 &stream,
