@@ -860,6 +860,110 @@ async fn a_batch_of_run_reports_is_folded_in_order_and_releases_once() {
     assert_eq!(global_log(&env).await.len(), before);
 }
 
+/// The resource-manager's worker tables and what it appended, as comparable text.
+async fn worker_tables(env: &TestEnv) -> Vec<String> {
+    let mut rows: Vec<String> = sqlx::query_scalar(
+        "SELECT concat_ws('|', worker_id, site, backend, state, gpus::text, last_report_id) \
+         FROM rm_workers ORDER BY worker_id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    rows.extend(
+        sqlx::query_scalar::<_, String>(
+            "SELECT concat_ws('|', gpu_id, worker_id, model, memory_mib) FROM rm_gpus \
+             ORDER BY gpu_id",
+        )
+        .fetch_all(&env.pool)
+        .await
+        .unwrap(),
+    );
+    rows.extend(
+        sqlx::query_scalar::<_, String>(
+            "SELECT concat_ws('|', stream_id, event_type, count(*)) FROM events \
+             WHERE producer = $1 GROUP BY stream_id, event_type ORDER BY 1",
+        )
+        .bind(hcp_resource_manager::PRODUCER)
+        .fetch_all(&env.pool)
+        .await
+        .unwrap(),
+    );
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_stored_as_one_batch_leave_the_tables_they_leave_one_by_one() {
+    init_tracing();
+    let (one, batch) = (TestEnv::new().await, TestEnv::new().await);
+    // Every heartbeat is stored (no memo shortcut), so both paths do all their work.
+    let settings = RmSettings {
+        heartbeat_store_ms: 0,
+        ..rm_settings()
+    };
+    let known = ["wb-1", "wb-2", "wb-3"].map(|w| heartbeat(w, 8, vec![], 1));
+    let beats = vec![
+        // Unchanged.
+        heartbeat("wb-1", 8, vec![], 2),
+        // Lost half its GPUs: re-registered, its GPU rows shrink.
+        heartbeat("wb-2", 4, vec![], 2),
+        // Holds a run it has no allocation for: stopped (the one-by-one path, pool locked).
+        heartbeat("wb-3", 8, vec![Uuid::from_u128(77)], 2),
+        // New.
+        heartbeat("wb-4", 2, vec![], 1),
+        // The first again in the same batch: applied after the earlier one.
+        heartbeat("wb-1", 8, vec![], 3),
+    ];
+    for env in [&one, &batch] {
+        let rm = ResourceManager::new(Topics::new(&env.kafka), settings.clone());
+        for e in &known {
+            let mut tx = env.pool.begin().await.unwrap();
+            apply_once(&mut tx, &rm, e).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    }
+    let rm = ResourceManager::new(Topics::new(&one.kafka), settings.clone());
+    for e in &beats {
+        let mut tx = one.pool.begin().await.unwrap();
+        apply_once(&mut tx, &rm, e).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let rm = ResourceManager::new(Topics::new(&batch.kafka), settings);
+    apply_batch(&batch, &rm, &beats).await;
+
+    let tables = worker_tables(&batch).await;
+    assert_eq!(tables, worker_tables(&one).await);
+    // And they say what the heartbeats said.
+    let last = |w: &str| {
+        tables
+            .iter()
+            .find(|r| r.starts_with(&format!("{w}|")))
+            .cloned()
+            .unwrap()
+    };
+    assert!(last("wb-1").ends_with(&beats[4].event_id.to_string()));
+    assert_eq!(
+        tables.iter().filter(|r| r.contains("|wb-2|H100|")).count(),
+        4
+    );
+    assert_eq!(
+        tables.iter().filter(|r| r.contains("|wb-4|H100|")).count(),
+        2
+    );
+    assert!(
+        tables.contains(&"worker-wb-2|worker.registered|2".to_owned()),
+        "{tables:?}"
+    );
+    assert!(
+        tables.contains(&"worker-wb-4|worker.registered|1".to_owned()),
+        "{tables:?}"
+    );
+    assert_eq!(
+        commands(&batch, "wb-3", Uuid::from_u128(77)).await.len(),
+        1,
+        "the unallocated run was not stopped"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heartbeat_that_repeats_the_last_stored_one_touches_no_table_until_the_refresh() {
     init_tracing();

@@ -13,7 +13,8 @@
 //! order per partition only, and every stream lives on one partition). The group is therefore
 //! closed (answered) before any event of a stream it holds, or about a workload it holds,
 //! is applied; a heartbeat that repeats the last stored one changes nothing and does not close
-//! it.
+//! it. Heartbeats that must be stored are held too and stored set-based (`crate::beats`),
+//! before any later event of their streams.
 //!
 //! **Never double-book** is kept as in the one-by-one path: allocations are decided under the
 //! locks of their pools, from holders read under those locks, and the partial unique index
@@ -27,7 +28,7 @@ use hcp_db::sqlx::PgConnection;
 use hcp_db::store::read_streams_on;
 use hcp_db::{ApplyError, EventStore, ExpectedVersion, Projection, StreamAppend};
 use hcp_domain::WorkloadState;
-use hcp_events::payload::{RunReported, WorkloadPlacementProposed};
+use hcp_events::payload::{RunReported, WorkerHeartbeat, WorkloadPlacementProposed};
 use hcp_events::{report_stream, workload_stream, Envelope, Event};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -133,7 +134,13 @@ impl ResourceManager {
     ) -> Result<(), ApplyError> {
         self.lock_pools_of(tx, events).await?;
         let mut group = Group::default();
+        // Heartbeats to store set-based; flushed before any later event of one of their
+        // streams, so every stream's events still apply in order.
+        let mut beats: Vec<(&Envelope, &WorkerHeartbeat)> = Vec::new();
         for &e in events {
+            if beats.iter().any(|(b, _)| b.stream_id == e.stream_id) {
+                self.apply_beats(tx, &mut beats).await?;
+            }
             match group.offer(e) {
                 Ok(true) => continue,
                 Ok(false) => {
@@ -145,19 +152,22 @@ impl ResourceManager {
                     }
                 }
                 Err(e) => {
-                    let repeat = match &e.payload {
-                        Event::WorkerHeartbeat(h) => {
-                            self.memo.repeats(h, self.settings.heartbeat_store())
+                    if let Event::WorkerHeartbeat(h) = &e.payload {
+                        if !self.memo.repeats(h, self.settings.heartbeat_store()) {
+                            if group.overtaken_by(e) {
+                                self.close(tx, &mut group).await?;
+                            }
+                            beats.push((e, h));
+                            continue;
                         }
-                        _ => false,
-                    };
-                    if !repeat && group.overtaken_by(e) {
+                    } else if group.overtaken_by(e) {
                         self.close(tx, &mut group).await?;
                     }
                     self.apply(tx, e).await?;
                 }
             }
         }
+        self.apply_beats(tx, &mut beats).await?;
         self.close(tx, &mut group).await
     }
 

@@ -18,6 +18,7 @@
 mod append;
 pub mod asic;
 mod batch;
+mod beats;
 pub mod config;
 pub mod domain;
 pub mod health;

@@ -20,6 +20,8 @@ pub const UNANSWERABLE_PROPOSALS: &str = "hcp_rm_unanswerable_proposals_total";
 pub const ZOMBIE_STOPS: &str = "hcp_rm_zombie_stops_total";
 /// Heartbeats that repeated the last stored one and were not written (counter).
 pub const HEARTBEATS_UNCHANGED: &str = "hcp_rm_heartbeats_unchanged_total";
+/// Heartbeats stored set-based with others of their consumer batch (counter).
+pub const HEARTBEATS_STORED_TOGETHER: &str = "hcp_rm_heartbeats_stored_together_total";
 /// Workers registered or re-registered (counter).
 pub const REGISTRATIONS: &str = "hcp_rm_registrations_total";
 /// Workers declared lost (counter).
@@ -46,6 +48,10 @@ pub fn describe() {
         "Proposals for workloads no longer queued"
     );
     describe_counter!(ZOMBIE_STOPS, "Stops sent for runs held without allocation");
+    describe_counter!(
+        HEARTBEATS_STORED_TOGETHER,
+        "Heartbeats stored set-based with the others of their consumer batch"
+    );
     describe_counter!(
         HEARTBEATS_UNCHANGED,
         "Heartbeats that repeated the last stored one and touched no table"

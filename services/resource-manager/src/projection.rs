@@ -50,6 +50,42 @@ impl ResourceManager {
     }
 }
 
+/// Refuses a heartbeat that can never be applied.
+pub(crate) fn check_heartbeat(e: &Envelope, h: &WorkerHeartbeat) -> Result<(), ApplyError> {
+    if e.stream_id != report_stream(&h.worker_id) {
+        return Err(ApplyError::Poison(format!(
+            "a heartbeat of worker {} on stream {}",
+            h.worker_id, e.stream_id
+        )));
+    }
+    if h.worker_id.is_empty() || h.site.is_empty() {
+        return Err(ApplyError::Poison(
+            "a heartbeat without worker id or site".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Why a heartbeat (re)registers its worker, if it does: new, back after being lost, or with
+/// a changed inventory, site or backend.
+pub(crate) fn registration(
+    before: Option<&repo::WorkerRow>,
+    h: &WorkerHeartbeat,
+) -> Option<&'static str> {
+    match before {
+        None => Some("new"),
+        Some(w) if !w.healthy() => Some("back"),
+        Some(w)
+            if inventory_changed(&w.gpus.0, &h.gpus)
+                || w.site != h.site
+                || w.backend != h.backend =>
+        {
+            Some("changed")
+        }
+        Some(_) => None,
+    }
+}
+
 impl Projection for ResourceManager {
     fn name(&self) -> &str {
         &self.name
@@ -117,17 +153,7 @@ impl ResourceManager {
         e: &Envelope,
         h: &WorkerHeartbeat,
     ) -> Result<(), ApplyError> {
-        if e.stream_id != report_stream(&h.worker_id) {
-            return Err(ApplyError::Poison(format!(
-                "a heartbeat of worker {} on stream {}",
-                h.worker_id, e.stream_id
-            )));
-        }
-        if h.worker_id.is_empty() || h.site.is_empty() {
-            return Err(ApplyError::Poison(
-                "a heartbeat without worker id or site".into(),
-            ));
-        }
+        check_heartbeat(e, h)?;
         self.memo.hear(&h.worker_id);
         if self.memo.repeats(h, self.settings.heartbeat_store()) {
             metrics::counter!(m::HEARTBEATS_UNCHANGED).increment(1);
@@ -143,18 +169,7 @@ impl ResourceManager {
             repo::lock_pool(tx, &h.site).await?;
         }
         let before = repo::worker(tx, &h.worker_id, true).await?;
-        let registration = match &before {
-            None => Some("new"),
-            Some(w) if !w.healthy() => Some("back"),
-            Some(w)
-                if inventory_changed(&w.gpus.0, &h.gpus)
-                    || w.site != h.site
-                    || w.backend != h.backend =>
-            {
-                Some("changed")
-            }
-            Some(_) => None,
-        };
+        let registration = registration(before.as_ref(), h);
         repo::upsert_worker(
             tx,
             &h.worker_id,
@@ -168,28 +183,7 @@ impl ResourceManager {
         repo::upsert_gpus(tx, &h.worker_id, &h.gpus, &h.samples).await?;
         let cause = Cause::of(e);
         if let Some(why) = registration {
-            let stream = worker_stream(&h.worker_id);
-            let registered = envelope(
-                &stream,
-                Event::WorkerRegistered(WorkerRegistered {
-                    worker_id: h.worker_id.clone(),
-                    site: h.site.clone(),
-                    backend: h.backend.clone(),
-                    gpus: h.gpus.clone(),
-                }),
-                cause,
-            );
-            EventStore::append(
-                tx,
-                &stream,
-                ExpectedVersion::Any,
-                &[registered],
-                &publish(&self.topics.resources),
-            )
-            .await
-            .map_err(store_error)?;
-            metrics::counter!(m::REGISTRATIONS, "why" => why).increment(1);
-            tracing::info!(why, site = %h.site, gpus = h.gpus.len(), "worker registered");
+            self.register(tx, e, h, why).await?;
         }
 
         // Under the lock, look again: only that look may change allocations.
@@ -252,6 +246,39 @@ impl ResourceManager {
             h,
             registration.is_none() && rec.settled() && rec.clear_missing.is_empty(),
         );
+        Ok(())
+    }
+
+    /// Appends `worker.registered` for a heartbeat's worker (`why`: new, back, changed).
+    pub(crate) async fn register(
+        &self,
+        tx: &mut PgConnection,
+        e: &Envelope,
+        h: &WorkerHeartbeat,
+        why: &'static str,
+    ) -> Result<(), ApplyError> {
+        let stream = worker_stream(&h.worker_id);
+        let registered = envelope(
+            &stream,
+            Event::WorkerRegistered(WorkerRegistered {
+                worker_id: h.worker_id.clone(),
+                site: h.site.clone(),
+                backend: h.backend.clone(),
+                gpus: h.gpus.clone(),
+            }),
+            Cause::of(e),
+        );
+        EventStore::append(
+            tx,
+            &stream,
+            ExpectedVersion::Any,
+            &[registered],
+            &publish(&self.topics.resources),
+        )
+        .await
+        .map_err(store_error)?;
+        metrics::counter!(m::REGISTRATIONS, "why" => why).increment(1);
+        tracing::info!(worker_id = %h.worker_id, why, site = %h.site, gpus = h.gpus.len(), "worker registered");
         Ok(())
     }
 

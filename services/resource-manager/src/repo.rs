@@ -212,6 +212,177 @@ pub async fn held_runs(
         .collect())
 }
 
+/// [`held_runs`] of several workers in one read.
+pub async fn held_runs_of(
+    conn: &mut PgConnection,
+    worker_ids: &[&str],
+) -> Result<HashMap<String, Vec<HeldRun>>, sqlx::Error> {
+    let rows: Vec<(String, Uuid, f64, Option<f64>, bool)> = sqlx::query_as(
+        "SELECT a.worker_id, a.workload_id, \
+             EXTRACT(EPOCH FROM clock_timestamp() - min(a.allocated_at))::float8, \
+             EXTRACT(EPOCH FROM clock_timestamp() - r.missing_since)::float8, \
+             COALESCE(r.state <> 'scheduled', true) \
+         FROM rm_allocations a LEFT JOIN rm_runs r ON r.workload_id = a.workload_id \
+         WHERE a.worker_id = ANY($1) AND a.released_at IS NULL \
+         GROUP BY a.worker_id, a.workload_id, r.missing_since, r.state \
+         ORDER BY a.worker_id, a.workload_id",
+    )
+    .bind(worker_ids)
+    .fetch_all(conn)
+    .await?;
+    let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
+    let mut out: HashMap<String, Vec<HeldRun>> = HashMap::new();
+    for (worker_id, workload_id, held, missing, acknowledged) in rows {
+        out.entry(worker_id).or_default().push(HeldRun {
+            workload_id,
+            held_for: secs(held),
+            missing_for: missing.map(secs),
+            acknowledged,
+        });
+    }
+    Ok(out)
+}
+
+/// Reads and locks several workers' rows, in id order (two such reads cannot deadlock).
+pub async fn lock_workers(
+    conn: &mut PgConnection,
+    worker_ids: &[&str],
+) -> Result<HashMap<String, WorkerRow>, sqlx::Error> {
+    let rows: Vec<WorkerRow> = sqlx::query_as(
+        "SELECT worker_id, site, backend, state, gpus, last_report_id FROM rm_workers \
+         WHERE worker_id = ANY($1) ORDER BY worker_id FOR UPDATE",
+    )
+    .bind(worker_ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|w| (w.worker_id.clone(), w)).collect())
+}
+
+/// One heartbeat as [`upsert_workers`] and [`upsert_gpus_of`] store it.
+#[derive(Debug, Clone, Copy)]
+pub struct Beat<'a> {
+    /// The worker.
+    pub worker_id: &'a str,
+    /// Its pool.
+    pub site: &'a str,
+    /// Its backend.
+    pub backend: &'a str,
+    /// Its GPUs.
+    pub gpus: &'a [GpuSpec],
+    /// Their samples.
+    pub samples: &'a [GpuSample],
+    /// The heartbeat's event id.
+    pub report_id: Uuid,
+    /// When it was sent.
+    pub sent_at: time::OffsetDateTime,
+}
+
+/// [`upsert_worker`] for several workers in one statement (distinct workers, in id order).
+pub async fn upsert_workers(
+    conn: &mut PgConnection,
+    beats: &[Beat<'_>],
+) -> Result<(), sqlx::Error> {
+    if beats.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = beats.iter().map(|b| b.worker_id).collect();
+    let sites: Vec<&str> = beats.iter().map(|b| b.site).collect();
+    let backends: Vec<&str> = beats.iter().map(|b| b.backend).collect();
+    let gpus: Vec<Json<&[GpuSpec]>> = beats.iter().map(|b| Json(b.gpus)).collect();
+    let reports: Vec<Uuid> = beats.iter().map(|b| b.report_id).collect();
+    let sent: Vec<time::OffsetDateTime> = beats.iter().map(|b| b.sent_at).collect();
+    sqlx::query(
+        "INSERT INTO rm_workers (worker_id, site, backend, state, gpus, last_seen, last_report_id) \
+         SELECT u.id, u.site, u.backend, 'healthy', u.gpus, LEAST(u.sent, clock_timestamp()), \
+                u.report \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::uuid[], \
+                     $6::timestamptz[]) AS u(id, site, backend, gpus, report, sent) \
+         ON CONFLICT (worker_id) DO UPDATE SET site = EXCLUDED.site, backend = EXCLUDED.backend, \
+             state = 'healthy', gpus = EXCLUDED.gpus, \
+             last_seen = GREATEST(rm_workers.last_seen, EXCLUDED.last_seen), \
+             last_report_id = EXCLUDED.last_report_id, lost_at = NULL",
+    )
+    .bind(&ids)
+    .bind(&sites)
+    .bind(&backends)
+    .bind(&gpus)
+    .bind(&reports)
+    .bind(&sent)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// [`upsert_gpus`] for several workers: two statements in all.
+pub async fn upsert_gpus_of(
+    conn: &mut PgConnection,
+    beats: &[Beat<'_>],
+) -> Result<(), sqlx::Error> {
+    if beats.is_empty() {
+        return Ok(());
+    }
+    let workers: Vec<&str> = beats.iter().map(|b| b.worker_id).collect();
+    let mut owner = Vec::new();
+    let mut ids = Vec::new();
+    let mut models = Vec::new();
+    let mut memory = Vec::new();
+    let mut util = Vec::new();
+    let mut used = Vec::new();
+    let mut power = Vec::new();
+    let mut temp = Vec::new();
+    for b in beats {
+        for g in b.gpus {
+            let sample = b.samples.iter().find(|s| s.gpu_id == g.gpu_id);
+            owner.push(b.worker_id);
+            ids.push(g.gpu_id.as_str());
+            models.push(g.model.as_str());
+            memory.push(i64::try_from(g.memory_mib).unwrap_or(i64::MAX));
+            util.push(sample.map(|s| s.utilization_pct));
+            used.push(sample.map(|s| i64::try_from(s.memory_used_mib).unwrap_or(i64::MAX)));
+            power.push(sample.map(|s| s.power_w));
+            temp.push(sample.map(|s| s.temperature_c));
+        }
+    }
+    sqlx::query(
+        "DELETE FROM rm_gpus g WHERE g.worker_id = ANY($1) AND NOT EXISTS \
+             (SELECT 1 FROM UNNEST($2::text[], $3::text[]) AS u(worker, gpu) \
+              WHERE u.worker = g.worker_id AND u.gpu = g.gpu_id)",
+    )
+    .bind(&workers)
+    .bind(&owner)
+    .bind(&ids)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO rm_gpus AS g (gpu_id, worker_id, model, memory_mib, utilization_pct, \
+             memory_used_mib, power_w, temperature_c, sampled_at) \
+         SELECT u.id, u.worker, u.model, u.mem, u.util, u.used, u.power, u.temp, \
+             CASE WHEN u.util IS NULL THEN NULL ELSE clock_timestamp() END \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::float8[], \
+                     $6::bigint[], $7::float8[], $8::float8[]) \
+              AS u(id, worker, model, mem, util, used, power, temp) \
+         ORDER BY u.id \
+         ON CONFLICT (gpu_id) DO UPDATE SET worker_id = EXCLUDED.worker_id, \
+             model = EXCLUDED.model, memory_mib = EXCLUDED.memory_mib, \
+             utilization_pct = COALESCE(EXCLUDED.utilization_pct, g.utilization_pct), \
+             memory_used_mib = COALESCE(EXCLUDED.memory_used_mib, g.memory_used_mib), \
+             power_w = COALESCE(EXCLUDED.power_w, g.power_w), \
+             temperature_c = COALESCE(EXCLUDED.temperature_c, g.temperature_c), \
+             sampled_at = COALESCE(EXCLUDED.sampled_at, g.sampled_at)",
+    )
+    .bind(&ids)
+    .bind(&owner)
+    .bind(&models)
+    .bind(&memory)
+    .bind(&util)
+    .bind(&used)
+    .bind(&power)
+    .bind(&temp)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
 /// Starts (`missing`) or stops the clock of runs omitted from heartbeats.
 pub async fn set_missing(
     conn: &mut PgConnection,
