@@ -51,7 +51,7 @@ if want workloads; then
   echo
   fresh_broker
   HCP_BENCH_VIA=kafka HCP_BENCH_WORKERS="${HCP_BENCH_BIG_WORKERS:-1250}" \
-    HCP_BENCH_RATE="${HCP_BENCH_KAFKA_RATE:-300}" scripts/bench-workloads.sh
+    HCP_BENCH_RATE="${HCP_BENCH_KAFKA_RATE:-1000}" scripts/bench-workloads.sh
   echo
   echo "(a lone submission at a time: 2/s offered on an idle system)"
   fresh_broker

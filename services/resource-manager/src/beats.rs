@@ -102,7 +102,11 @@ impl ResourceManager {
             );
         }
         metrics::counter!(m::HEARTBEATS_STORED_TOGETHER).increment(together.len() as u64);
-        tracing::debug!(together = together.len(), alone = alone.len(), "heartbeats stored");
+        tracing::debug!(
+            together = together.len(),
+            alone = alone.len(),
+            "heartbeats stored"
+        );
         for e in alone {
             Projection::apply(self, tx, e).await?;
         }
