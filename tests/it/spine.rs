@@ -905,3 +905,85 @@ async fn the_status_market_line_shows_the_latest_value_of_each_deciding_series()
         )
     );
 }
+
+#[tokio::test]
+async fn a_batch_locks_the_offsets_of_all_its_partitions_at_once_and_stores_them_together() {
+    use hcp_db::positions::{lock_next_offsets, next_offset, store_next_offsets};
+    let env = TestEnv::new().await;
+    let parts =
+        |ps: &[i32]| -> Vec<(String, i32)> { ps.iter().map(|p| ("t".to_owned(), *p)).collect() };
+    // Nothing stored yet: the rows are created, and read as "nothing stored".
+    let mut tx = env.pool.begin().await.unwrap();
+    let stored = lock_next_offsets(&mut tx, "c", &parts(&[2, 0, 1]))
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 3);
+    assert!(stored.values().all(Option::is_none), "{stored:?}");
+    store_next_offsets(
+        &mut tx,
+        "c",
+        &[
+            (("t".into(), 0), 10),
+            (("t".into(), 1), 20),
+            (("t".into(), 2), 5),
+        ],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    // Never backwards: a lower offset stored later keeps the higher one.
+    let mut tx = env.pool.begin().await.unwrap();
+    store_next_offsets(&mut tx, "c", &[(("t".into(), 1), 3)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut conn = env.pool.acquire().await.unwrap();
+    assert_eq!(next_offset(&mut conn, "c", "t", 1).await.unwrap(), Some(20));
+    drop(conn);
+
+    // A second batch sharing a partition waits for the first's commit, then sees its offsets.
+    let mut tx1 = env.pool.begin().await.unwrap();
+    let first = lock_next_offsets(&mut tx1, "c", &parts(&[0, 1]))
+        .await
+        .unwrap();
+    assert_eq!(first[&("t".to_owned(), 0)], Some(10));
+    let pool = env.pool.clone();
+    let second = tokio::spawn(async move {
+        let mut tx2 = pool.begin().await.unwrap();
+        let seen = lock_next_offsets(&mut tx2, "c", &[("t".to_owned(), 1), ("t".to_owned(), 2)])
+            .await
+            .unwrap();
+        tx2.commit().await.unwrap();
+        seen
+    });
+    let waiting = wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(5),
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&env.pool)
+            .await
+            .unwrap_or(0)
+                > 0
+        },
+    )
+    .await;
+    assert!(
+        waiting,
+        "the second batch never waited on the shared partition"
+    );
+    assert!(
+        !second.is_finished(),
+        "the second batch must wait for the first"
+    );
+    store_next_offsets(&mut tx1, "c", &[(("t".into(), 1), 25)])
+        .await
+        .unwrap();
+    tx1.commit().await.unwrap();
+    let seen = second.await.unwrap();
+    assert_eq!(seen[&("t".to_owned(), 1)], Some(25));
+    assert_eq!(seen[&("t".to_owned(), 2)], Some(5));
+}

@@ -4,7 +4,7 @@
 //!
 //! The engine polls a batch (a lone message goes in at once; when more were waiting it lingers
 //! for `batch_linger` to gather up to `max_batch`), opens one transaction, locks the stored
-//! offset of each partition in the batch, and hands the whole batch to a [`BatchHandler`],
+//! offsets of the batch's partitions (one statement), and hands the whole batch to a [`BatchHandler`],
 //! telling it which messages lie below the stored offset (seen before, if the broker's log is
 //! the one the offset was stored against). It then stores the partitions' next offsets in the
 //! same transaction, publishes the handler's dead letters (acknowledged by the broker before
@@ -22,7 +22,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hcp_db::positions::{lock_next_offset, next_offset, store_next_offset};
+use hcp_db::positions::{lock_next_offsets, next_offset, store_next_offsets};
 use hcp_db::sqlx::{self, PgConnection, PgPool};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -396,31 +396,32 @@ impl<H: BatchHandler> Engine<H> {
         isolate: bool,
     ) -> Result<(Batch, H::Done, u64), HandlerError> {
         let mut tx = self.pool.begin().await?;
-        let mut stored: HashMap<Partition, Option<i64>> = HashMap::new();
         let mut advanced: HashMap<Partition, i64> = HashMap::new();
-        let mut seen_before = Vec::with_capacity(messages.len());
         for msg in messages.iter() {
-            let key = (msg.topic().to_owned(), msg.partition());
-            let next = match stored.get(&key) {
-                Some(v) => *v,
-                None => {
-                    let v = lock_next_offset(&mut tx, self.name(), &key.0, key.1).await?;
-                    stored.insert(key.clone(), v);
-                    v
-                }
-            };
-            seen_before.push(next.is_some_and(|n| msg.offset() < n));
-            let e = advanced.entry(key).or_insert(0);
+            let e = advanced
+                .entry((msg.topic().to_owned(), msg.partition()))
+                .or_insert(0);
             *e = (*e).max(msg.offset() + 1);
         }
+        let partitions: Vec<Partition> = advanced.keys().cloned().collect();
+        let stored = lock_next_offsets(&mut tx, self.name(), &partitions).await?;
+        let seen_before = messages
+            .iter()
+            .map(|msg| {
+                stored
+                    .get(&(msg.topic().to_owned(), msg.partition()))
+                    .copied()
+                    .flatten()
+                    .is_some_and(|n| msg.offset() < n)
+            })
+            .collect();
         let batch = Batch {
             messages: messages.clone(),
             seen_before,
         };
         let handled = self.handler.handle(&mut tx, &batch, isolate).await?;
-        for ((topic, partition), n) in &advanced {
-            store_next_offset(&mut tx, self.name(), topic, *partition, *n).await?;
-        }
+        let advanced: Vec<(Partition, i64)> = advanced.into_iter().collect();
+        store_next_offsets(&mut tx, self.name(), &advanced).await?;
         let dead: Vec<OutgoingMessage> = handled
             .refused
             .iter()
