@@ -84,6 +84,18 @@ pub const LAYOUT: &[&str] = &[
     "accepted_shares",
 ];
 
+impl Envelope {
+    /// Parses and validates a message in either wire form: the compact binary encoding (this
+    /// module; telemetry batches) or JSON ([`Envelope::from_json`]).
+    pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        if is_compact(bytes) {
+            decode(bytes)
+        } else {
+            Self::from_json(bytes)
+        }
+    }
+}
+
 /// Whether `bytes` is a compact message (rather than JSON).
 pub fn is_compact(bytes: &[u8]) -> bool {
     bytes.starts_with(MAGIC)

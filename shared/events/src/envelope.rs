@@ -142,16 +142,6 @@ impl Envelope {
         serde_json::to_vec(&self.to_raw()?).map_err(|e| EnvelopeError::Encode(e.to_string()))
     }
 
-    /// Parses and validates a message in either wire form: the compact binary encoding
-    /// ([`crate::compact`], telemetry batches) or JSON.
-    pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
-        if crate::compact::is_compact(bytes) {
-            crate::compact::decode(bytes)
-        } else {
-            Self::from_json(bytes)
-        }
-    }
-
     /// Parses and validates JSON bytes, upcasting old payload versions.
     pub fn from_json(bytes: &[u8]) -> Result<Self, EnvelopeError> {
         let raw: RawEnvelope =
