@@ -3,8 +3,9 @@
 //! every `heartbeat_store_ms` (its `last_seen` for another instance), and with short runs most
 //! change their run list. One by one that was five statements a heartbeat. Here the
 //! heartbeats of a consumer batch (distinct workers) are stored together: one read of the
-//! runs they hold, one locked read of their rows, one upsert of the workers, two statements
-//! for their GPUs, one update per direction of the missing-run clocks.
+//! runs they hold, one locked read of their rows, one upsert of the workers (their
+//! `last_seen`), the GPU inventory of those that (re)register, one update per direction of the
+//! missing-run clocks.
 //!
 //! A heartbeat whose first look finds something that changes allocations or commands (a run
 //! to requeue or stop) takes the one-by-one path, which locks its pool first; so does one
@@ -74,18 +75,27 @@ impl ResourceManager {
                 site: &h.site,
                 backend: &h.backend,
                 gpus: &h.gpus,
-                samples: &h.samples,
                 report_id: e.event_id,
                 sent_at: e.occurred_at,
             })
             .collect();
+        let registrations: Vec<Option<&'static str>> = together
+            .iter()
+            .map(|(_, h, _)| registration(before.get(&h.worker_id), h))
+            .collect();
         repo::upsert_workers(tx, &rows).await?;
-        repo::upsert_gpus_of(tx, &rows).await?;
+        // The inventory of workers that (re)register; the others' is unchanged.
+        let inventories: Vec<(&str, &[_])> = together
+            .iter()
+            .zip(&registrations)
+            .filter(|(_, why)| why.is_some())
+            .map(|((_, h, _), _)| (h.worker_id.as_str(), h.gpus.as_slice()))
+            .collect();
+        repo::upsert_inventories(tx, &inventories).await?;
         let mut mark = Vec::new();
         let mut clear = Vec::new();
         let mut registered = Vec::with_capacity(together.len());
-        for (e, h, rec) in &together {
-            let why = registration(before.get(&h.worker_id), h);
+        for ((e, h, rec), why) in together.iter().zip(&registrations) {
             if let Some(why) = why {
                 self.register(tx, e, h, why).await?;
             }

@@ -39,7 +39,7 @@ pub struct RmSettings {
     /// start that never arrives should reach this.
     pub start_ack_timeout_ms: u64,
     /// A heartbeat that repeats the last stored one (same inventory, same runs, nothing
-    /// pending) within this long is not written: the worker's row, GPU samples and
+    /// pending) within this long is not written: the worker's row and
     /// `last_seen` are refreshed at most this often. Keep it well under `worker_timeout_ms`,
     /// which is judged on the stored `last_seen`. 0 stores every heartbeat.
     pub heartbeat_store_ms: u64,

@@ -143,9 +143,9 @@ impl ResourceManager {
         self.answer_proposals(tx, &[(e, p)]).await
     }
 
-    /// `worker.heartbeat`: inventory, samples and health; registration when new, changed or
-    /// back; requeue of runs a restarted worker forgot; stops for runs it holds without an
-    /// allocation.
+    /// `worker.heartbeat`: liveness and health; registration (and the GPU inventory) when new,
+    /// changed or back; requeue of runs a restarted worker forgot; stops for runs it holds
+    /// without an allocation. GPU samples are telemetry, stored by the ingest.
     #[tracing::instrument(skip_all, fields(worker_id = %h.worker_id))]
     async fn on_heartbeat(
         &self,
@@ -180,7 +180,9 @@ impl ResourceManager {
             e.occurred_at,
         )
         .await?;
-        repo::upsert_gpus(tx, &h.worker_id, &h.gpus, &h.samples).await?;
+        if registration.is_some() {
+            repo::upsert_gpus(tx, &h.worker_id, &h.gpus).await?;
+        }
         let cause = Cause::of(e);
         if let Some(why) = registration {
             self.register(tx, e, h, why).await?;

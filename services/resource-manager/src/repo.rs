@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use hcp_events::payload::{GpuSample, GpuSpec};
+use hcp_events::payload::GpuSpec;
 use sqlx::{types::Json, PgConnection};
 use uuid::Uuid;
 
@@ -69,65 +69,15 @@ pub async fn upsert_worker(
     .map(|_| ())
 }
 
-/// Replaces a worker's GPUs with the reported ones and stores their latest samples.
+/// Replaces a worker's GPUs with the reported ones (its inventory, written when it
+/// registers).
 #[tracing::instrument(skip_all, fields(worker_id = %worker_id, gpus = gpus.len()), err)]
 pub async fn upsert_gpus(
     conn: &mut PgConnection,
     worker_id: &str,
     gpus: &[GpuSpec],
-    samples: &[GpuSample],
 ) -> Result<(), sqlx::Error> {
-    let ids: Vec<&str> = gpus.iter().map(|g| g.gpu_id.as_str()).collect();
-    sqlx::query("DELETE FROM rm_gpus WHERE worker_id = $1 AND gpu_id <> ALL($2)")
-        .bind(worker_id)
-        .bind(&ids)
-        .execute(&mut *conn)
-        .await?;
-    let sample = |g: &GpuSpec| samples.iter().find(|s| s.gpu_id == g.gpu_id);
-    let models: Vec<&str> = gpus.iter().map(|g| g.model.as_str()).collect();
-    let memory: Vec<i64> = gpus
-        .iter()
-        .map(|g| i64::try_from(g.memory_mib).unwrap_or(i64::MAX))
-        .collect();
-    let util: Vec<Option<f64>> = gpus
-        .iter()
-        .map(|g| sample(g).map(|s| s.utilization_pct))
-        .collect();
-    let used: Vec<Option<i64>> = gpus
-        .iter()
-        .map(|g| sample(g).map(|s| i64::try_from(s.memory_used_mib).unwrap_or(i64::MAX)))
-        .collect();
-    let power: Vec<Option<f64>> = gpus.iter().map(|g| sample(g).map(|s| s.power_w)).collect();
-    let temp: Vec<Option<f64>> = gpus
-        .iter()
-        .map(|g| sample(g).map(|s| s.temperature_c))
-        .collect();
-    sqlx::query(
-        "INSERT INTO rm_gpus AS g (gpu_id, worker_id, model, memory_mib, utilization_pct, \
-             memory_used_mib, power_w, temperature_c, sampled_at) \
-         SELECT u.id, $1, u.model, u.mem, u.util, u.used, u.power, u.temp, \
-             CASE WHEN u.util IS NULL THEN NULL ELSE clock_timestamp() END \
-         FROM UNNEST($2::text[], $3::text[], $4::bigint[], $5::float8[], $6::bigint[], \
-                     $7::float8[], $8::float8[]) AS u(id, model, mem, util, used, power, temp) \
-         ON CONFLICT (gpu_id) DO UPDATE SET worker_id = EXCLUDED.worker_id, \
-             model = EXCLUDED.model, memory_mib = EXCLUDED.memory_mib, \
-             utilization_pct = COALESCE(EXCLUDED.utilization_pct, g.utilization_pct), \
-             memory_used_mib = COALESCE(EXCLUDED.memory_used_mib, g.memory_used_mib), \
-             power_w = COALESCE(EXCLUDED.power_w, g.power_w), \
-             temperature_c = COALESCE(EXCLUDED.temperature_c, g.temperature_c), \
-             sampled_at = COALESCE(EXCLUDED.sampled_at, g.sampled_at)",
-    )
-    .bind(worker_id)
-    .bind(&ids)
-    .bind(&models)
-    .bind(&memory)
-    .bind(&util)
-    .bind(&used)
-    .bind(&power)
-    .bind(&temp)
-    .execute(conn)
-    .await
-    .map(|_| ())
+    upsert_inventories(conn, &[(worker_id, gpus)]).await
 }
 
 /// Ends a workload's live allocation; returns the GPUs released.
@@ -258,7 +208,7 @@ pub async fn lock_workers(
     Ok(rows.into_iter().map(|w| (w.worker_id.clone(), w)).collect())
 }
 
-/// One heartbeat as [`upsert_workers`] and [`upsert_gpus_of`] store it.
+/// One heartbeat as [`upsert_workers`] stores it.
 #[derive(Debug, Clone, Copy)]
 pub struct Beat<'a> {
     /// The worker.
@@ -269,8 +219,6 @@ pub struct Beat<'a> {
     pub backend: &'a str,
     /// Its GPUs.
     pub gpus: &'a [GpuSpec],
-    /// Their samples.
-    pub samples: &'a [GpuSample],
     /// The heartbeat's event id.
     pub report_id: Uuid,
     /// When it was sent.
@@ -314,33 +262,24 @@ pub async fn upsert_workers(
 }
 
 /// [`upsert_gpus`] for several workers: two statements in all.
-pub async fn upsert_gpus_of(
+pub async fn upsert_inventories(
     conn: &mut PgConnection,
-    beats: &[Beat<'_>],
+    inventories: &[(&str, &[GpuSpec])],
 ) -> Result<(), sqlx::Error> {
-    if beats.is_empty() {
+    if inventories.is_empty() {
         return Ok(());
     }
-    let workers: Vec<&str> = beats.iter().map(|b| b.worker_id).collect();
+    let workers: Vec<&str> = inventories.iter().map(|(w, _)| *w).collect();
     let mut owner = Vec::new();
     let mut ids = Vec::new();
     let mut models = Vec::new();
     let mut memory = Vec::new();
-    let mut util = Vec::new();
-    let mut used = Vec::new();
-    let mut power = Vec::new();
-    let mut temp = Vec::new();
-    for b in beats {
-        for g in b.gpus {
-            let sample = b.samples.iter().find(|s| s.gpu_id == g.gpu_id);
-            owner.push(b.worker_id);
+    for (worker, gpus) in inventories {
+        for g in *gpus {
+            owner.push(*worker);
             ids.push(g.gpu_id.as_str());
             models.push(g.model.as_str());
             memory.push(i64::try_from(g.memory_mib).unwrap_or(i64::MAX));
-            util.push(sample.map(|s| s.utilization_pct));
-            used.push(sample.map(|s| i64::try_from(s.memory_used_mib).unwrap_or(i64::MAX)));
-            power.push(sample.map(|s| s.power_w));
-            temp.push(sample.map(|s| s.temperature_c));
         }
     }
     sqlx::query(
@@ -354,30 +293,17 @@ pub async fn upsert_gpus_of(
     .execute(&mut *conn)
     .await?;
     sqlx::query(
-        "INSERT INTO rm_gpus AS g (gpu_id, worker_id, model, memory_mib, utilization_pct, \
-             memory_used_mib, power_w, temperature_c, sampled_at) \
-         SELECT u.id, u.worker, u.model, u.mem, u.util, u.used, u.power, u.temp, \
-             CASE WHEN u.util IS NULL THEN NULL ELSE clock_timestamp() END \
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::float8[], \
-                     $6::bigint[], $7::float8[], $8::float8[]) \
-              AS u(id, worker, model, mem, util, used, power, temp) \
+        "INSERT INTO rm_gpus AS g (gpu_id, worker_id, model, memory_mib) \
+         SELECT u.id, u.worker, u.model, u.mem \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) AS u(id, worker, model, mem) \
          ORDER BY u.id \
          ON CONFLICT (gpu_id) DO UPDATE SET worker_id = EXCLUDED.worker_id, \
-             model = EXCLUDED.model, memory_mib = EXCLUDED.memory_mib, \
-             utilization_pct = COALESCE(EXCLUDED.utilization_pct, g.utilization_pct), \
-             memory_used_mib = COALESCE(EXCLUDED.memory_used_mib, g.memory_used_mib), \
-             power_w = COALESCE(EXCLUDED.power_w, g.power_w), \
-             temperature_c = COALESCE(EXCLUDED.temperature_c, g.temperature_c), \
-             sampled_at = COALESCE(EXCLUDED.sampled_at, g.sampled_at)",
+             model = EXCLUDED.model, memory_mib = EXCLUDED.memory_mib",
     )
     .bind(&ids)
     .bind(&owner)
     .bind(&models)
     .bind(&memory)
-    .bind(&util)
-    .bind(&used)
-    .bind(&power)
-    .bind(&temp)
     .execute(conn)
     .await
     .map(|_| ())
