@@ -909,6 +909,15 @@ async fn heartbeats_stored_as_one_batch_leave_the_tables_they_leave_one_by_one()
         heartbeat("wb-3", 8, vec![Uuid::from_u128(77)], 2),
         // New.
         heartbeat("wb-4", 2, vec![], 1),
+        // New, reporting a GPU the first also reports in this batch (it moved): both keep
+        // their order.
+        {
+            let mut e = heartbeat("wb-6", 1, vec![], 1);
+            if let Event::WorkerHeartbeat(h) = &mut e.payload {
+                h.gpus[0].gpu_id = gpu("wb-1", 0);
+            }
+            e
+        },
         // The first again in the same batch: applied after the earlier one.
         heartbeat("wb-1", 8, vec![], 3),
     ];
@@ -939,7 +948,11 @@ async fn heartbeats_stored_as_one_batch_leave_the_tables_they_leave_one_by_one()
             .cloned()
             .unwrap()
     };
-    assert!(last("wb-1").ends_with(&beats[4].event_id.to_string()));
+    assert!(last("wb-1").ends_with(&beats[5].event_id.to_string()));
+    assert!(
+        tables.contains(&format!("{}|wb-6|H100|81559", gpu("wb-1", 0))),
+        "{tables:?}"
+    );
     assert_eq!(
         tables.iter().filter(|r| r.contains("|wb-2|H100|")).count(),
         4

@@ -9,7 +9,7 @@
 //!
 //! A heartbeat whose first look finds something that changes allocations or commands (a run
 //! to requeue or stop) takes the one-by-one path, which locks its pool first; so does one
-//! whose GPU ids another heartbeat of the batch also reports.
+//! whose GPU ids another heartbeat of the batch also reports (each of those, in batch order).
 
 use std::collections::HashSet;
 
@@ -48,15 +48,26 @@ impl ResourceManager {
         let grace = self.settings.grace();
         let mut alone: Vec<&Envelope> = Vec::new();
         let mut together = Vec::with_capacity(beats.len());
-        let mut gpus: HashSet<&str> = HashSet::new();
+        // GPU ids reported by more than one heartbeat of the batch (a GPU that moved): all
+        // those heartbeats keep the one-by-one path, in batch order.
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut shared: HashSet<&str> = HashSet::new();
+        for (_, h) in &beats {
+            let mine: HashSet<&str> = h.gpus.iter().map(|g| g.gpu_id.as_str()).collect();
+            for g in mine {
+                if !seen.insert(g) {
+                    shared.insert(g);
+                }
+            }
+        }
         for (e, h) in &beats {
             let runs = held
                 .get(&h.worker_id)
                 .map(Vec::as_slice)
                 .unwrap_or_default();
             let rec = reconcile(runs, &h.running, grace);
-            let shared = h.gpus.iter().any(|g| !gpus.insert(g.gpu_id.as_str()));
-            if rec.needs_pool_lock() || shared {
+            let moved = h.gpus.iter().any(|g| shared.contains(g.gpu_id.as_str()));
+            if rec.needs_pool_lock() || moved {
                 alone.push(e);
             } else {
                 together.push((*e, *h, rec));

@@ -274,8 +274,10 @@ pub async fn upsert_inventories(
     let mut ids = Vec::new();
     let mut models = Vec::new();
     let mut memory = Vec::new();
+    let mut listed: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for (worker, gpus) in inventories {
-        for g in *gpus {
+        // A GPU listed twice is written once (the statement may touch a row only once).
+        for g in gpus.iter().filter(|g| listed.insert(g.gpu_id.as_str())) {
             owner.push(*worker);
             ids.push(g.gpu_id.as_str());
             models.push(g.model.as_str());

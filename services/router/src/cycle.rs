@@ -600,9 +600,13 @@ impl State {
             .unannounced
             .iter()
             .filter(|id| {
+                // A proposal or deadline failure appended earlier carried the announcement;
+                // until the row shows it, announcing again would only conflict.
                 !placed.contains(*id)
                     && !expiring.contains(*id)
                     && !self.announcing.contains_key(*id)
+                    && !self.proposals.contains_key(*id)
+                    && !self.failing.contains_key(*id)
             })
             .copied()
             .collect();

@@ -59,8 +59,9 @@ pub async fn claim_stream_sequence(
 
 /// The next offsets to read for `consumer` in every partition of a batch (`None`: nothing
 /// stored yet), each row locked for the transaction so that two instances briefly owning the
-/// same partition during a rebalance cannot both apply; taken in `(topic, partition)` order
-/// so two such locks cannot deadlock. One statement when every row exists (the common case);
+/// same partition during a rebalance cannot both apply; taken in `(topic, partition)` order,
+/// so two such locks do not deadlock (three instances racing to create rows could, rarely:
+/// PostgreSQL then aborts one, and its batch is retried). One statement when every row exists (the common case);
 /// the missing ones are created and locked by two more.
 pub async fn lock_next_offsets(
     conn: &mut PgConnection,

@@ -130,6 +130,10 @@ fn a_fresh_classification_is_announced_with_its_placement_or_alone_when_it_must_
     assert!(waiting.announce.is_none());
     assert!(matches!(waiting.event, Event::WorkloadQueued(_)));
     s.record(&plan, all_appended(&plan), NOW);
+    // Neither is announced again while the rows catch up: the placed one's announcement rode
+    // with its proposal, the other's is on its way.
+    let again = s.plan(NOW, &config());
+    assert!(again.announcements.is_empty(), "{:?}", again.announcements);
 
     // The first one ended and freed its GPU. Until the second's row shows the
     // announcement, it is neither placed nor announced again.
