@@ -185,21 +185,7 @@ async fn a_concurrent_append_at_the_same_sequence_fails_with_a_conflict() {
         r
     });
     // The second writer blocks on the stream row: PostgreSQL shows it waiting on a lock.
-    let waiting = wait_until(
-        Duration::from_secs(10),
-        Duration::from_millis(5),
-        || async {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .fetch_one(&env.pool)
-            .await
-            .unwrap_or(0)
-                > 0
-        },
-    )
-    .await;
+    let waiting = a_session_waits_on_a_lock(&env).await;
     assert!(waiting, "the second writer never waited on the stream row");
     assert!(
         !second.is_finished(),
@@ -906,6 +892,26 @@ async fn the_status_market_line_shows_the_latest_value_of_each_deciding_series()
     );
 }
 
+/// Whether another session of the test's database is (or, within 10 s, starts) waiting on a
+/// lock: how a test sees that a second writer blocked, without sleeping.
+async fn a_session_waits_on_a_lock(env: &TestEnv) -> bool {
+    wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(5),
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&env.pool)
+            .await
+            .unwrap_or(0)
+                > 0
+        },
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_batch_locks_the_offsets_of_all_its_partitions_at_once_and_stores_them_together() {
     use hcp_db::positions::{lock_next_offsets, next_offset, store_next_offsets};
@@ -956,21 +962,7 @@ async fn a_batch_locks_the_offsets_of_all_its_partitions_at_once_and_stores_them
         tx2.commit().await.unwrap();
         seen
     });
-    let waiting = wait_until(
-        Duration::from_secs(10),
-        Duration::from_millis(5),
-        || async {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .fetch_one(&env.pool)
-            .await
-            .unwrap_or(0)
-                > 0
-        },
-    )
-    .await;
+    let waiting = a_session_waits_on_a_lock(&env).await;
     assert!(
         waiting,
         "the second batch never waited on the shared partition"

@@ -47,14 +47,16 @@ pub fn intake(
     producer: Producer,
     settings: &IntakeSettings,
 ) -> Result<Intake, BusError> {
-    let mut consumer = ConsumerSettings::new(
+    let consumer = ConsumerSettings::new(
         format!("{}.{CONSUMER}", kafka.namespace),
         vec![kafka.topic(Topic::WorkloadRequests)],
         kafka.topic(Topic::DeadLetters),
+    )
+    .batching(
+        settings.max_batch,
+        settings.batch_linger_ms,
+        settings.retry_backoff_ms,
     );
-    consumer.max_batch = settings.max_batch.max(1);
-    consumer.batch_linger = Duration::from_millis(settings.batch_linger_ms);
-    consumer.retry_backoff = Duration::from_millis(settings.retry_backoff_ms);
     let handler = IntakeHandler {
         workloads_topic: kafka.topic(Topic::Workloads),
     };

@@ -39,7 +39,6 @@ pub const ABSOLUTE_SILENCE_FACTOR: f64 = 6.0;
 
 /// Records a heartbeat: creates or refreshes the worker (healthy, seen at the heartbeat's own
 /// time, never later than now).
-#[allow(clippy::too_many_arguments)]
 #[tracing::instrument(skip_all, fields(worker_id = %worker_id), err)]
 pub async fn upsert_worker(
     conn: &mut PgConnection,
@@ -50,23 +49,15 @@ pub async fn upsert_worker(
     report_id: Uuid,
     sent_at: time::OffsetDateTime,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO rm_workers (worker_id, site, backend, state, gpus, last_seen, last_report_id) \
-         VALUES ($1, $2, $3, 'healthy', $4, LEAST($6, clock_timestamp()), $5) \
-         ON CONFLICT (worker_id) DO UPDATE SET site = EXCLUDED.site, backend = EXCLUDED.backend, \
-             state = 'healthy', gpus = EXCLUDED.gpus, \
-             last_seen = GREATEST(rm_workers.last_seen, EXCLUDED.last_seen), \
-             last_report_id = EXCLUDED.last_report_id, lost_at = NULL",
-    )
-    .bind(worker_id)
-    .bind(site)
-    .bind(backend)
-    .bind(Json(gpus))
-    .bind(report_id)
-    .bind(sent_at)
-    .execute(conn)
-    .await
-    .map(|_| ())
+    let beat = Beat {
+        worker_id,
+        site,
+        backend,
+        gpus,
+        report_id,
+        sent_at,
+    };
+    upsert_workers(conn, &[beat]).await
 }
 
 /// Replaces a worker's GPUs with the reported ones (its inventory, written when it
@@ -136,33 +127,14 @@ pub async fn held_runs(
     conn: &mut PgConnection,
     worker_id: &str,
 ) -> Result<Vec<HeldRun>, sqlx::Error> {
-    // A run is acknowledged once the worker reported it started: the resource-manager then
-    // moved it past `scheduled`.
-    let rows: Vec<(Uuid, f64, Option<f64>, bool)> = sqlx::query_as(
-        "SELECT a.workload_id, \
-             EXTRACT(EPOCH FROM clock_timestamp() - min(a.allocated_at))::float8, \
-             EXTRACT(EPOCH FROM clock_timestamp() - r.missing_since)::float8, \
-             COALESCE(r.state <> 'scheduled', true) \
-         FROM rm_allocations a LEFT JOIN rm_runs r ON r.workload_id = a.workload_id \
-         WHERE a.worker_id = $1 AND a.released_at IS NULL \
-         GROUP BY a.workload_id, r.missing_since, r.state ORDER BY a.workload_id",
-    )
-    .bind(worker_id)
-    .fetch_all(conn)
-    .await?;
-    let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
-    Ok(rows
-        .into_iter()
-        .map(|(workload_id, held, missing, acknowledged)| HeldRun {
-            workload_id,
-            held_for: secs(held),
-            missing_for: missing.map(secs),
-            acknowledged,
-        })
-        .collect())
+    Ok(held_runs_of(conn, &[worker_id])
+        .await?
+        .remove(worker_id)
+        .unwrap_or_default())
 }
 
-/// [`held_runs`] of several workers in one read.
+/// [`held_runs`] of several workers in one read. A run is acknowledged once the worker
+/// reported it started: the resource-manager then moved it past `scheduled`.
 pub async fn held_runs_of(
     conn: &mut PgConnection,
     worker_ids: &[&str],

@@ -115,6 +115,14 @@ impl ConsumerSettings {
             prefetch_messages: None,
         }
     }
+
+    /// With these batch limits: most messages per transaction, linger and retry backoff in ms.
+    pub fn batching(mut self, max_batch: usize, linger_ms: u64, retry_backoff_ms: u64) -> Self {
+        self.max_batch = max_batch.max(1);
+        self.batch_linger = Duration::from_millis(linger_ms);
+        self.retry_backoff = Duration::from_millis(retry_backoff_ms);
+        self
+    }
 }
 
 /// A batch as the handler sees it.

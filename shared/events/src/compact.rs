@@ -157,7 +157,7 @@ pub fn encode(e: &Envelope) -> Result<Vec<u8>, EnvelopeError> {
         w.0.extend_from_slice(&i.to_le_bytes());
     }
     for s in &b.samples {
-        w.0.push(state_code(s.state));
+        w.0.push(s.state.index() as u8);
     }
     for f in [
         |s: &AsicSample| s.hashrate_ths,
@@ -314,25 +314,11 @@ fn malformed(what: &str) -> EnvelopeError {
     EnvelopeError::Malformed(format!("compact message: {what}"))
 }
 
-const fn state_code(s: AsicState) -> u8 {
-    match s {
-        AsicState::Hashing => 0,
-        AsicState::Ramping => 1,
-        AsicState::Curtailed => 2,
-        AsicState::Fault => 3,
-        AsicState::Offline => 4,
-    }
-}
-
 fn state_of(code: u8) -> Result<AsicState, EnvelopeError> {
-    Ok(match code {
-        0 => AsicState::Hashing,
-        1 => AsicState::Ramping,
-        2 => AsicState::Curtailed,
-        3 => AsicState::Fault,
-        4 => AsicState::Offline,
-        c => return Err(malformed(&format!("unknown state {c}"))),
-    })
+    AsicState::ALL
+        .get(usize::from(code))
+        .copied()
+        .ok_or_else(|| malformed(&format!("unknown state {code}")))
 }
 
 struct Writer(Vec<u8>);

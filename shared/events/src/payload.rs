@@ -740,6 +740,28 @@ pub enum AsicState {
     Offline,
 }
 
+impl AsicState {
+    /// Every state, in the order of [`AsicState::index`].
+    pub const ALL: [AsicState; 5] = [
+        AsicState::Hashing,
+        AsicState::Ramping,
+        AsicState::Curtailed,
+        AsicState::Fault,
+        AsicState::Offline,
+    ];
+
+    /// Its position in [`AsicState::ALL`] (also its code in the compact telemetry encoding).
+    pub const fn index(self) -> usize {
+        match self {
+            AsicState::Hashing => 0,
+            AsicState::Ramping => 1,
+            AsicState::Curtailed => 2,
+            AsicState::Fault => 3,
+            AsicState::Offline => 4,
+        }
+    }
+}
+
 /// One ASIC's sample.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

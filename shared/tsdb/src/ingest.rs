@@ -70,10 +70,12 @@ impl Ingest {
             format!("{}.{CONSUMER}", kafka.namespace),
             vec![telemetry_topic.clone(), kafka.topic(Topic::WorkerReports)],
             kafka.topic(Topic::DeadLetters),
+        )
+        .batching(
+            settings.max_batch_messages,
+            settings.batch_linger_ms,
+            settings.retry_backoff_ms,
         );
-        consumer.max_batch = settings.max_batch_messages.max(1);
-        consumer.batch_linger = Duration::from_millis(settings.batch_linger_ms);
-        consumer.retry_backoff = Duration::from_millis(settings.retry_backoff_ms);
         // Big batches: let librdkafka prefetch plenty.
         consumer.prefetch_messages = Some(20_000);
         let handler = IngestHandler {

@@ -150,7 +150,7 @@ impl Decoded {
         let mut states = [0i32; 5];
         for s in &b.samples {
             power += s.power_w;
-            states[state_index(s.state)] += 1;
+            states[s.state.index()] += 1;
         }
         if !b.samples.is_empty() {
             asic_row(&mut self.asic_copy, t, b);
@@ -217,16 +217,6 @@ pub fn minute(t: OffsetDateTime) -> OffsetDateTime {
     t.replace_nanosecond(0)
         .and_then(|t| t.replace_second(0))
         .unwrap_or(t)
-}
-
-fn state_index(s: AsicState) -> usize {
-    match s {
-        AsicState::Hashing => 0,
-        AsicState::Ramping => 1,
-        AsicState::Curtailed => 2,
-        AsicState::Fault => 3,
-        AsicState::Offline => 4,
-    }
 }
 
 fn state_name(s: AsicState) -> &'static str {

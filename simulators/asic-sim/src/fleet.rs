@@ -152,23 +152,11 @@ pub enum Target {
 }
 
 /// The state labels in [`AsicState`] order, for per-state sums.
-pub const STATES: [AsicState; 5] = [
-    AsicState::Hashing,
-    AsicState::Ramping,
-    AsicState::Curtailed,
-    AsicState::Fault,
-    AsicState::Offline,
-];
+pub const STATES: [AsicState; 5] = AsicState::ALL;
 
 /// Index of a state in [`STATES`].
 pub const fn state_index(s: AsicState) -> usize {
-    match s {
-        AsicState::Hashing => 0,
-        AsicState::Ramping => 1,
-        AsicState::Curtailed => 2,
-        AsicState::Fault => 3,
-        AsicState::Offline => 4,
-    }
+    s.index()
 }
 
 /// Per-site totals of one tick.
