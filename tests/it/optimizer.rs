@@ -437,11 +437,11 @@ async fn a_scarcity_price_curtails_the_asics_through_curtail_commands_and_a_low_
 
     // The commands went out on device-commands, keyed by the site's command stream.
     let topic = w.env.topic(Topic::DeviceCommands);
-    let msgs = read_topic(&w.env.kafka, &topic, 6, WAIT).await;
-    assert!(msgs.len() >= 6, "{} command messages", msgs.len());
-    assert!(msgs
+    let events = hcp_tests::read_events(&w.env.kafka, &topic, 6, WAIT).await;
+    assert!(events.len() >= 6, "{} command events", events.len());
+    assert!(events
         .iter()
-        .all(|m| hcp_tests::key_of(m) == asic_command_stream(SITE)));
+        .all(|e| e.envelope.stream_id == asic_command_stream(SITE)));
 
     // An unchanged decision sends no command: the same price again in a new interval.
     w.price(3, 25.0).await;

@@ -19,7 +19,7 @@ use hcp_events::{
 use hcp_gpu_worker::{WorkerNode, WorkerSettings};
 use hcp_resource_manager::{HealthSweep, ResourceManager, RmSettings, Topics};
 use hcp_tests::fixtures::start_relay;
-use hcp_tests::{init_tracing, key_of, read_topic, wait_until, TestEnv};
+use hcp_tests::{init_tracing, read_topic, wait_until, TestEnv};
 use rdkafka::message::{Headers, Message};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -333,7 +333,7 @@ async fn a_placed_workload_is_scheduled_started_and_completed_and_its_gpus_are_r
     assert_eq!((run.0.as_str(), run.1.as_str()), ("wa", "completed"));
 
     // The worker's started report carried the model switch, cold on a fresh GPU.
-    let all = read_topic(
+    let all = hcp_tests::read_events(
         &env.kafka,
         &env.topic(Topic::WorkerReports),
         usize::MAX,
@@ -341,9 +341,9 @@ async fn a_placed_workload_is_scheduled_started_and_completed_and_its_gpus_are_r
     )
     .await;
     let switch = all
-        .iter()
-        .filter(|m| key_of(m) == report_stream("wa"))
-        .filter_map(|m| Envelope::from_json(m.payload().unwrap()).ok())
+        .into_iter()
+        .map(|w| w.envelope)
+        .filter(|e| e.stream_id == report_stream("wa"))
         .find_map(|e| match e.payload {
             Event::RunReported(r) if r.status == RunStatus::Started => r.switch,
             _ => None,
@@ -1288,10 +1288,10 @@ async fn cancelling_a_running_workload_releases_its_gpus_and_stops_the_run() {
     let topic = env.topic(Topic::WorkerReports);
     assert!(
         wait_until(WAIT, Duration::from_millis(200), || async {
-            read_topic(&env.kafka, &topic, usize::MAX, Duration::from_secs(1))
+            hcp_tests::read_events(&env.kafka, &topic, usize::MAX, Duration::from_secs(1))
                 .await
-                .iter()
-                .filter_map(|m| Envelope::from_json(m.payload().unwrap()).ok())
+                .into_iter()
+                .map(|w| w.envelope)
                 .any(|e| matches!(e.payload, Event::RunReported(r) if r.workload_id == id && r.status == RunStatus::Stopped))
         })
         .await,

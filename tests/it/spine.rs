@@ -13,7 +13,7 @@ use hcp_events::payload::*;
 use hcp_events::{headers, Envelope, Event, Topic};
 use hcp_readmodel::{MarketPrices, WorkloadBoard};
 use hcp_tests::fixtures::{lifecycle, start_consumer, start_relay};
-use hcp_tests::{key_of, read_topic, wait_until, TestEnv};
+use hcp_tests::{read_events, read_topic, wait_until, TestEnv};
 use rdkafka::message::{Headers, Message};
 use uuid::Uuid;
 
@@ -95,30 +95,59 @@ async fn events_appended_in_one_transaction_are_published_in_order_and_projected
     let relay = start_relay(&env);
     let board = start_consumer(&env, WorkloadBoard::new(), Topic::Workloads);
 
-    let wire = read_topic(&env.kafka, &topic, 6, WAIT).await;
+    let wire = read_events(&env.kafka, &topic, 6, WAIT).await;
     assert_eq!(wire.len(), 6, "every appended event is on the wire");
     let seqs_a: Vec<i64> = wire
         .iter()
-        .filter(|m| key_of(m) == sa)
-        .map(|m| Envelope::from_json(m.payload().unwrap()).unwrap().sequence)
+        .filter(|w| w.envelope.stream_id == sa)
+        .map(|w| w.envelope.sequence)
         .collect();
     assert_eq!(
         seqs_a,
         vec![1, 2, 3, 4],
         "one stream's events keep their order"
     );
-    let first = &wire.iter().find(|m| key_of(m) == sa).unwrap();
     assert_eq!(
-        header(first, headers::EVENT_TYPE),
-        Some("workload.submitted")
+        wire.iter()
+            .filter(|w| w.envelope.stream_id == sa)
+            .map(|w| w.partition)
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        1,
+        "one stream, one partition"
     );
-    let version = hcp_events::EventType::WorkloadSubmitted
-        .current_version()
-        .to_string();
+    // One relay pass published all six: each partition's share travelled packed in one
+    // message, whose header says how many it carries; an event alone keeps its own headers.
+    let carrying: std::collections::HashSet<(i32, i64)> =
+        wire.iter().map(|w| (w.partition, w.offset)).collect();
+    let messages = read_topic(&env.kafka, &topic, carrying.len(), WAIT).await;
+    assert_eq!(messages.len(), carrying.len());
+    let packed = messages
+        .iter()
+        .find(|m| header(m, headers::PACKED).is_some())
+        .expect("a packed message");
+    let n: usize = header(packed, headers::PACKED).unwrap().parse().unwrap();
     assert_eq!(
-        header(first, headers::SCHEMA_VERSION),
-        Some(version.as_str())
+        hcp_events::pack::items(packed.payload().unwrap())
+            .unwrap()
+            .len(),
+        n
     );
+    assert!(n >= 2);
+    for m in messages
+        .iter()
+        .filter(|m| header(m, headers::PACKED).is_none())
+    {
+        let e = Envelope::from_json(m.payload().unwrap()).unwrap();
+        assert_eq!(
+            header(m, headers::EVENT_TYPE),
+            Some(e.event_type().as_str())
+        );
+        assert_eq!(
+            header(m, headers::SCHEMA_VERSION),
+            Some(e.schema_version.to_string().as_str())
+        );
+    }
 
     assert!(
         wait_until(WAIT, POLL, || async {
@@ -463,6 +492,75 @@ async fn malformed_and_poison_messages_land_in_dead_letters_with_a_reason_and_th
         .await
         .unwrap();
     assert_eq!(on_board, 1, "the poison event left no partial writes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_event_in_a_packed_message_is_dead_lettered_alone_and_its_neighbours_apply() {
+    let env = TestEnv::new().await;
+    let topic = env.topic(Topic::Workloads);
+    let producer = hcp_bus::Producer::new(&env.kafka, "test-raw").unwrap();
+    // An item that is JSON but no envelope, a poison event, then a workload's whole life: all
+    // keyed alike, so they travel packed in one message.
+    let garbage = br#"{"event_id":"not-a-uuid"}"#.to_vec();
+    let id = Uuid::now_v7();
+    let stream = format!("workload-{id}");
+    let mut poison = Envelope::new(
+        format!("workload-{}", Uuid::now_v7()),
+        "test",
+        Event::WorkloadCompleted(WorkloadCompleted {
+            workload_id: Uuid::now_v7(),
+            runtime_s: 1.0,
+            output: None,
+        }),
+    );
+    poison.sequence = 1;
+    let mut payloads = vec![garbage.clone(), poison.to_json().unwrap()];
+    for (i, mut e) in lifecycle(id).into_iter().enumerate() {
+        e.sequence = i as i64 + 1;
+        payloads.push(e.to_json().unwrap());
+    }
+    let msgs: Vec<OutgoingMessage> = payloads
+        .iter()
+        .map(|p| OutgoingMessage {
+            topic: topic.clone(),
+            key: stream.clone(),
+            payload: p.clone(),
+            headers: vec![],
+        })
+        .collect();
+    producer.send_packed(&msgs).await.unwrap();
+    let wire = read_topic(&env.kafka, &topic, 1, WAIT).await;
+    assert_eq!(
+        header(&wire[0], headers::PACKED),
+        Some("6"),
+        "one message of six"
+    );
+
+    let board = start_consumer(&env, WorkloadBoard::new(), Topic::Workloads);
+    assert!(
+        wait_until(WAIT, POLL, || async {
+            board_state(&env, id).await == Some(("completed".into(), 4))
+        })
+        .await,
+        "the good events of the message applied"
+    );
+    let dead = read_topic(&env.kafka, &env.topic(Topic::DeadLetters), 2, WAIT).await;
+    board.stop().await;
+    assert_eq!(dead.len(), 2, "the two bad events, nothing else: {dead:?}");
+    for (kind, index, bytes) in [("malformed", "0", &garbage), ("poison", "1", &payloads[1])] {
+        let m = dead
+            .iter()
+            .find(|m| header(m, headers::DLQ_KIND) == Some(kind))
+            .unwrap_or_else(|| panic!("{kind}"));
+        assert_eq!(
+            m.payload().unwrap(),
+            bytes.as_slice(),
+            "{kind}: the event alone"
+        );
+        assert_eq!(header(m, headers::DLQ_PACKED_INDEX), Some(index));
+        assert_eq!(header(m, headers::PACKED), None);
+        assert_eq!(header(m, headers::DLQ_SOURCE_TOPIC), Some(topic.as_str()));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -816,18 +914,40 @@ async fn a_broker_offset_ahead_of_the_database_is_ignored_and_nothing_is_skipped
     let env = TestEnv::new().await;
     let topic = env.topic(Topic::Workloads);
     let id = Uuid::now_v7();
-    append_happy_path(&env, id).await;
+    // The four events one transaction each, each published before the next is appended, so
+    // that they travel as four messages (one pass would pack them into one).
     let relay = start_relay(&env);
-    let wire = read_topic(&env.kafka, &topic, 4, WAIT).await;
+    let store = EventStore::new(env.pool.clone());
+    for (i, e) in lifecycle(id).into_iter().enumerate() {
+        store
+            .append_and_commit(
+                &format!("workload-{id}"),
+                if i == 0 {
+                    ExpectedVersion::NoStream
+                } else {
+                    ExpectedVersion::Exact(i as i64)
+                },
+                std::slice::from_ref(&e),
+                &Publish::to(&topic),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            read_events(&env.kafka, &topic, i + 1, WAIT).await.len(),
+            i + 1
+        );
+    }
+    let wire = read_events(&env.kafka, &topic, 4, WAIT).await;
     assert_eq!(wire.len(), 4);
-    let partition = wire[0].partition();
+    assert!(wire.iter().all(|w| w.in_message == 1));
+    let partition = wire[0].partition;
 
-    // The broker's committed offset for the group says the first two events were handled;
-    // PostgreSQL, the truth, says nothing was.
+    // The broker's committed offset for the group says every event was handled (the four
+    // may travel in one packed message); PostgreSQL, the truth, says nothing was.
     let group = format!("{}.workload-board", env.kafka.namespace);
     let committer: BaseConsumer = env.kafka.consumer_config(&group, &group).create().unwrap();
     let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, partition, rdkafka::Offset::Offset(2))
+    tpl.add_partition_offset(&topic, partition, rdkafka::Offset::Offset(wire[2].offset))
         .unwrap();
     committer.commit(&tpl, CommitMode::Sync).unwrap();
     drop(committer);

@@ -179,6 +179,54 @@ pub async fn read_topic(
     out
 }
 
+/// One event read off a topic, packed or not.
+#[derive(Debug, Clone)]
+pub struct WireEvent {
+    /// The partition of its message.
+    pub partition: i32,
+    /// The offset of its message.
+    pub offset: i64,
+    /// How many events its message carried.
+    pub in_message: usize,
+    /// The event.
+    pub envelope: hcp_events::Envelope,
+}
+
+/// Reads `topic` from the beginning until at least `at_least` events (not messages: a packed
+/// message carries several) arrived or `timeout` passed. Panics on an undecodable event.
+pub async fn read_events(
+    kafka: &KafkaSettings,
+    topic: &str,
+    at_least: usize,
+    timeout: Duration,
+) -> Vec<WireEvent> {
+    let consumer = reader_from_beginning(kafka, topic);
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while out.len() < at_least {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(m)) => {
+                let items = hcp_events::pack::items(m.payload().unwrap_or_default())
+                    .unwrap_or_else(|e| panic!("reading {topic}: {e}"));
+                let n = items.len();
+                for item in items {
+                    out.push(WireEvent {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        in_message: n,
+                        envelope: item
+                            .decode()
+                            .unwrap_or_else(|e| panic!("reading {topic}: {e}")),
+                    });
+                }
+            }
+            Ok(Err(e)) => panic!("reading {topic}: {e}"),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
 /// Total messages in a topic, counted by reading it from the beginning until it has been idle
 /// for two seconds. (Counting by watermarks is not possible on nisshi: its high watermark
 /// trails the log; see docs/adr/0001-kafka-broker.md.)
@@ -187,6 +235,18 @@ pub async fn count_messages(kafka: &KafkaSettings, topic: &str) -> i64 {
     let mut n = 0;
     while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await {
         n += 1;
+    }
+    n
+}
+
+/// Total events in a topic (a packed message counts the events it carries), read as
+/// [`count_messages`] reads.
+pub async fn count_events(kafka: &KafkaSettings, topic: &str) -> i64 {
+    let consumer = reader_from_beginning(kafka, topic);
+    let mut n = 0;
+    while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await {
+        n += hcp_events::pack::items(m.payload().unwrap_or_default())
+            .map_or(1, |items| items.len() as i64);
     }
     n
 }

@@ -197,6 +197,7 @@ fn refuse(
         index,
         kind: refused.kind,
         reason: refused.message,
+        item: None,
     });
 }
 

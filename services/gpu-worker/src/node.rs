@@ -14,7 +14,7 @@ use hcp_events::payload::{
     CommandAction, DeviceCommand, InferenceInput, RunOutput, RunReported, RunStatus,
     WorkerHeartbeat,
 };
-use hcp_events::{headers, report_stream, Envelope, Event, Topic};
+use hcp_events::{headers, pack, report_stream, Envelope, Event, Topic};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use tokio::sync::mpsc;
@@ -280,15 +280,35 @@ impl<B: Backend> WorkerNode<B> {
         filter: &mut CommandFilter,
         pending: &mut Vec<Pending>,
     ) {
-        let envelope = match Envelope::from_json(msg.payload().unwrap_or_default()) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(error = %e, offset = msg.offset(), "ignoring an undecodable command");
-                metrics::counter!(m::COMMANDS, "action" => "unknown", "outcome" => "malformed")
-                    .increment(1);
-                return;
-            }
+        let undecodable = |e: &dyn std::fmt::Display| {
+            tracing::warn!(error = %e, offset = msg.offset(), "ignoring an undecodable command");
+            metrics::counter!(m::COMMANDS, "action" => "unknown", "outcome" => "malformed")
+                .increment(1);
         };
+        let items = match pack::items(msg.payload().unwrap_or_default()) {
+            Ok(items) => items,
+            Err(e) => return undecodable(&e),
+        };
+        for item in items {
+            match item.decode() {
+                Ok(envelope) => {
+                    let parent = hcp_bus::trace::context_of_item(msg.headers(), &item);
+                    self.on_command(&envelope, parent, filter, pending);
+                }
+                Err(e) => undecodable(&e),
+            }
+        }
+    }
+
+    /// Handles one decoded event of the command topic (commands for other workers and other
+    /// events are ignored).
+    fn on_command(
+        &mut self,
+        envelope: &Envelope,
+        parent: hcp_bus::trace::Context,
+        filter: &mut CommandFilter,
+        pending: &mut Vec<Pending>,
+    ) {
         let Event::DeviceCommand(cmd) = &envelope.payload else {
             return;
         };
@@ -307,7 +327,7 @@ impl<B: Backend> WorkerNode<B> {
             workload_id = %cmd.workload_id,
             action = action_name(&cmd.action),
         );
-        hcp_bus::trace::set_parent(&span, hcp_bus::trace::context_from_headers(msg.headers()));
+        hcp_bus::trace::set_parent(&span, parent);
         let _entered = span.enter();
         let (traceparent, tracestate) = hcp_bus::trace::current_trace_headers();
         let cause = Cause {
@@ -483,7 +503,7 @@ impl<B: Backend> WorkerNode<B> {
     async fn send(&self, producer: &Producer, topic: &str, pending: &mut Vec<Pending>) {
         let messages: Vec<OutgoingMessage> =
             pending.iter().filter_map(|p| outgoing(topic, p)).collect();
-        match producer.send_batch(&messages).await {
+        match producer.send_packed(&messages).await {
             Ok(()) => pending.clear(),
             Err(e) => {
                 metrics::counter!(m::SEND_FAILURES).increment(1);

@@ -67,3 +67,15 @@ pub fn dead_letter<M: Message>(
         headers: hs,
     }
 }
+
+/// Narrows a dead letter built by [`dead_letter`] from a packed message
+/// ([`hcp_events::pack`]) to the one event refused: its own bytes, and its index in the
+/// message as `hcp-dlq-packed-index` (its neighbours were handled).
+pub fn narrow_to_item(dead: &mut OutgoingMessage, index: usize, event: &[u8]) {
+    dead.payload = event.to_vec();
+    dead.headers.retain(|(k, _)| k != headers::PACKED);
+    dead.headers.push((
+        headers::DLQ_PACKED_INDEX.into(),
+        index.to_string().into_bytes(),
+    ));
+}

@@ -27,11 +27,11 @@ use hcp_db::sqlx::{self, PgConnection, PgPool};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::dead_letter::{dead_letter, DeadLetterKind};
+use crate::dead_letter::{dead_letter, narrow_to_item, DeadLetterKind};
 use crate::metrics_names as m;
 use crate::producer::{OutgoingMessage, Producer};
 use crate::{BusError, KafkaSettings};
@@ -81,7 +81,8 @@ pub struct ConsumerSettings {
     pub topics: Vec<String>,
     /// Dead-letter topic (concrete name).
     pub dead_letter_topic: String,
-    /// Most messages per transaction.
+    /// Most events per transaction (a packed message counts the events it carries, from its
+    /// `hcp-packed` header); a batch holds at least one message.
     pub max_batch: usize,
     /// How long to keep gathering a batch once more than one message was waiting (a lone
     /// message is handled at once).
@@ -116,7 +117,7 @@ impl ConsumerSettings {
         }
     }
 
-    /// With these batch limits: most messages per transaction, linger and retry backoff in ms.
+    /// With these batch limits: most events per transaction, linger and retry backoff in ms.
     pub fn batching(mut self, max_batch: usize, linger_ms: u64, retry_backoff_ms: u64) -> Self {
         self.max_batch = max_batch.max(1);
         self.batch_linger = Duration::from_millis(linger_ms);
@@ -176,6 +177,10 @@ pub struct Refusal {
     pub kind: DeadLetterKind,
     /// The `hcp-dlq-reason` header.
     pub reason: String,
+    /// When the message is packed ([`hcp_events::pack`]) and only one of its events is
+    /// refused: that event's index in the message and its own bytes, which the dead letter
+    /// then carries instead of the whole message (its neighbours were applied).
+    pub item: Option<(usize, Vec<u8>)>,
 }
 
 /// What a handler did with a batch.
@@ -376,18 +381,27 @@ impl<H: BatchHandler> Engine<H> {
             }
         };
         let max = self.settings.max_batch.max(1);
+        let mut events = events_in(&first);
         let mut batch = vec![first];
-        while batch.len() < max {
+        while events < max {
             match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
-                Ok(Ok(m)) => batch.push(m.detach()),
+                Ok(Ok(m)) => {
+                    let m = m.detach();
+                    events += events_in(&m);
+                    batch.push(m);
+                }
                 _ => break,
             }
         }
         if batch.len() > 1 {
             let deadline = tokio::time::Instant::now() + self.settings.batch_linger;
-            while batch.len() < max {
+            while events < max {
                 match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                    Ok(Ok(m)) => batch.push(m.detach()),
+                    Ok(Ok(m)) => {
+                        let m = m.detach();
+                        events += events_in(&m);
+                        batch.push(m);
+                    }
                     _ => break,
                 }
             }
@@ -435,13 +449,17 @@ impl<H: BatchHandler> Engine<H> {
             .iter()
             .filter_map(|r| {
                 let msg = batch.messages().get(r.index)?;
-                Some(dead_letter(
+                let mut dl = dead_letter(
                     msg,
                     &self.settings.dead_letter_topic,
                     self.name(),
                     r.kind,
                     &r.reason,
-                ))
+                );
+                if let Some((i, bytes)) = &r.item {
+                    narrow_to_item(&mut dl, *i, bytes);
+                }
+                Some(dl)
             })
             .collect();
         if !dead.is_empty() {
@@ -554,6 +572,20 @@ impl<H: BatchHandler> Engine<H> {
             .filter(|m| !reseek.contains(&(m.topic().to_owned(), m.partition())))
             .collect()
     }
+}
+
+/// How many events a message carries: its `hcp-packed` count, else one.
+fn events_in(m: &OwnedMessage) -> usize {
+    m.headers()
+        .and_then(|h| {
+            h.iter()
+                .find(|h| h.key == hcp_events::headers::PACKED)
+                .and_then(|h| h.value)
+        })
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1)
 }
 
 fn time_now_ms() -> i64 {

@@ -17,6 +17,7 @@ pub mod dead_letter;
 #[cfg(feature = "postgres")]
 pub mod engine;
 pub mod metrics_names;
+pub mod pack;
 pub mod producer;
 pub mod settings;
 pub mod trace;

@@ -16,6 +16,8 @@ pub const CONSUMER_BATCH_SIZE: &str = "hcp_consumer_batch_size";
 pub const PUBLISH_TO_APPLY: &str = "hcp_event_publish_to_apply_seconds";
 /// Counter (label `topic`): messages the producer saw acknowledged.
 pub const PRODUCED: &str = "hcp_kafka_produced_total";
+/// Counter: events that travelled packed several to a message.
+pub const PACKED_EVENTS: &str = "hcp_kafka_packed_events_total";
 
 /// Registers descriptions with the global recorder.
 pub fn describe() {
@@ -59,5 +61,10 @@ pub fn describe() {
         PRODUCED,
         Unit::Count,
         "Messages acknowledged by the broker."
+    );
+    describe_counter!(
+        PACKED_EVENTS,
+        Unit::Count,
+        "Events produced packed several to a Kafka message."
     );
 }

@@ -1,6 +1,8 @@
 //! The idempotent producer.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -8,7 +10,11 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 use crate::metrics_names as m;
+use crate::pack::{pack_by_partition, PackLimits, Routed};
 use crate::{BusError, KafkaSettings};
+
+/// How long a topic's partition count is trusted before it is read again.
+const PARTITIONS_TTL: Duration = Duration::from_secs(60);
 
 /// A message to produce.
 #[derive(Debug, Clone)]
@@ -42,6 +48,8 @@ impl OutgoingMessage {
 #[derive(Clone)]
 pub struct Producer {
     inner: FutureProducer,
+    /// Partition counts by topic, for packing ([`Producer::send_packed`]).
+    partitions: Arc<Mutex<HashMap<String, (i32, Instant)>>>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -57,7 +65,10 @@ impl Producer {
             .producer_config(client_id)
             .create()
             .map_err(|e| BusError::Config(e.to_string()))?;
-        Ok(Self { inner })
+        Ok(Self {
+            inner,
+            partitions: Arc::default(),
+        })
     }
 
     /// Produces every message in order and resolves when all are acknowledged. Fails if any
@@ -66,12 +77,100 @@ impl Producer {
     where
         I: IntoIterator<Item = &'a OutgoingMessage>,
     {
+        let routed: Vec<(&OutgoingMessage, Option<i32>)> =
+            messages.into_iter().map(|m| (m, None)).collect();
+        self.send_routed(routed).await
+    }
+
+    /// Like [`Producer::send_batch`], but the JSON envelopes bound for one partition travel
+    /// packed into as few messages as possible ([`hcp_events::pack`]): the broker and every
+    /// consumer pay per message. Every event still goes to the partition of its key, in order.
+    /// A topic whose partition count cannot be read is sent unpacked.
+    pub async fn send_packed(&self, messages: &[OutgoingMessage]) -> Result<(), BusError> {
+        if messages.len() < 2 {
+            return self.send_batch(messages).await;
+        }
+        let counts = self.partition_counts(messages).await;
+        let routed: Vec<Routed> = pack_by_partition(messages, &counts, PackLimits::default());
+        let packed: usize = routed
+            .iter()
+            .filter(|r| r.events > 1)
+            .map(|r| r.events)
+            .sum();
+        let pairs: Vec<(&OutgoingMessage, Option<i32>)> =
+            routed.iter().map(|r| (&r.message, r.partition)).collect();
+        self.send_routed(pairs).await?;
+        if packed > 0 {
+            metrics::counter!(m::PACKED_EVENTS).increment(packed as u64);
+        }
+        Ok(())
+    }
+
+    /// The partition count of every topic of `messages` that the broker reports.
+    async fn partition_counts(&self, messages: &[OutgoingMessage]) -> HashMap<String, i32> {
+        let mut out = HashMap::new();
+        let mut missing: Vec<String> = Vec::new();
+        {
+            let cache = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
+            for msg in messages {
+                if out.contains_key(&msg.topic) || missing.contains(&msg.topic) {
+                    continue;
+                }
+                match cache.get(&msg.topic) {
+                    Some((n, at)) if at.elapsed() < PARTITIONS_TTL => {
+                        out.insert(msg.topic.clone(), *n);
+                    }
+                    _ => missing.push(msg.topic.clone()),
+                }
+            }
+        }
+        for topic in missing {
+            let inner = self.inner.clone();
+            let name = topic.clone();
+            let count = tokio::task::spawn_blocking(move || {
+                inner
+                    .client()
+                    .fetch_metadata(Some(&name), Duration::from_secs(5))
+                    .ok()
+                    .and_then(|md| {
+                        md.topics()
+                            .iter()
+                            .find(|t| t.name() == name && t.error().is_none())
+                            .map(|t| t.partitions().len() as i32)
+                    })
+                    .filter(|n| *n > 0)
+            })
+            .await
+            .ok()
+            .flatten();
+            match count {
+                Some(n) => {
+                    self.partitions
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(topic.clone(), (n, Instant::now()));
+                    out.insert(topic, n);
+                }
+                None => tracing::debug!(%topic, "partition count unknown; sending unpacked"),
+            }
+        }
+        out
+    }
+
+    /// Produces `(message, partition)` in order and waits for every ack.
+    async fn send_routed(
+        &self,
+        messages: Vec<(&OutgoingMessage, Option<i32>)>,
+    ) -> Result<(), BusError> {
         let mut pending = Vec::new();
-        for msg in messages {
+        for (msg, partition) in messages {
             let mut record = FutureRecord::to(&msg.topic)
                 .key(msg.key.as_bytes())
                 .payload(&msg.payload)
                 .headers(msg.owned_headers());
+            if let Some(p) = partition {
+                record = record.partition(p);
+            }
             loop {
                 match self.inner.send_result(record) {
                     Ok(delivery) => {

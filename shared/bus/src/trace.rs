@@ -11,6 +11,9 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use hcp_events::headers;
 
+/// A trace context (the parent a consumer's span continues).
+pub use opentelemetry::Context;
+
 /// The current span's `traceparent` and `tracestate`, if it is part of a trace.
 pub fn current_trace_headers() -> (Option<String>, Option<String>) {
     let cx = tracing::Span::current().context();
@@ -41,6 +44,23 @@ pub fn context_from_headers<H: Headers>(h: Option<&H>) -> opentelemetry::Context
                 }
             }
         }
+    }
+    TraceContextPropagator::new().extract(&map)
+}
+
+/// The trace context of one event of a message: a packed item's own, else the message's
+/// headers'.
+pub fn context_of_item<H: Headers>(
+    h: Option<&H>,
+    item: &hcp_events::pack::Item<'_>,
+) -> opentelemetry::Context {
+    let Some(tp) = &item.traceparent else {
+        return context_from_headers(h);
+    };
+    let mut map: HashMap<String, String> = HashMap::new();
+    map.insert(headers::TRACEPARENT.to_owned(), tp.clone().into_owned());
+    if let Some(ts) = &item.tracestate {
+        map.insert(headers::TRACESTATE.to_owned(), ts.clone().into_owned());
     }
     TraceContextPropagator::new().extract(&map)
 }

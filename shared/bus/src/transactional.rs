@@ -13,7 +13,7 @@ use hcp_db::outbox::{OutboxMessage, OutboxSink};
 use hcp_db::positions::claim_batch;
 use hcp_db::projection::{apply_once, Applied, ApplyError, Projection};
 use hcp_db::sqlx::{self, PgConnection, PgPool};
-use hcp_events::{headers, Envelope};
+use hcp_events::{headers, pack, Envelope};
 use rdkafka::message::{Message, OwnedMessage};
 use tracing::Instrument;
 
@@ -31,7 +31,7 @@ pub struct KafkaOutboxSink(pub Producer);
 impl OutboxSink for KafkaOutboxSink {
     async fn publish(&self, batch: &[OutboxMessage]) -> Result<(), String> {
         let msgs: Vec<OutgoingMessage> = batch.iter().map(to_outgoing).collect();
-        self.0.send_batch(&msgs).await.map_err(|e| e.to_string())
+        self.0.send_packed(&msgs).await.map_err(|e| e.to_string())
     }
 }
 
@@ -80,6 +80,17 @@ impl<P: Projection> Engine<Projector<P>> {
     }
 }
 
+/// One event of a batch, with the message it came in.
+struct Todo<'b> {
+    /// The message's index in the batch.
+    index: usize,
+    msg: &'b OwnedMessage,
+    /// Its index within a packed message.
+    packed_index: Option<usize>,
+    item: pack::Item<'b>,
+    envelope: Envelope,
+}
+
 /// The [`BatchHandler`] of a projection.
 #[derive(Debug, Clone)]
 pub struct Projector<P>(pub P);
@@ -111,12 +122,17 @@ impl<P: Projection> BatchHandler for Projector<P> {
         let mut refused = Vec::new();
         // Undecodable bytes are dead-lettered, unless they lie below the stored offset (seen
         // before). Valid events go on to the stream claim regardless, so a wiped or replaced
-        // broker cannot make new events look like redeliveries.
-        let mut todo: Vec<(usize, &OwnedMessage, Envelope)> = Vec::with_capacity(batch.len());
+        // broker cannot make new events look like redeliveries. A packed message is read event
+        // by event: a bad one is refused alone and its neighbours apply.
+        let mut todo: Vec<Todo<'_>> = Vec::with_capacity(batch.len());
         for (i, msg) in batch.messages().iter().enumerate() {
-            match Envelope::decode(msg.payload().unwrap_or_default()) {
-                Ok(e) => todo.push((i, msg, e)),
-                Err(_) if batch.seen_before(i) => counts.duplicates += 1,
+            let payload = msg.payload().unwrap_or_default();
+            let items = match pack::items(payload) {
+                Ok(items) => items,
+                Err(_) if batch.seen_before(i) => {
+                    counts.duplicates += 1;
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(
                         topic = msg.topic(), partition = msg.partition(), offset = msg.offset(),
@@ -126,7 +142,35 @@ impl<P: Projection> BatchHandler for Projector<P> {
                         index: i,
                         kind: DeadLetterKind::Malformed,
                         reason: e.to_string(),
+                        item: None,
                     });
+                    continue;
+                }
+            };
+            let packed = pack::is_packed(payload);
+            for (k, item) in items.into_iter().enumerate() {
+                match item.decode() {
+                    Ok(envelope) => todo.push(Todo {
+                        index: i,
+                        msg,
+                        packed_index: packed.then_some(k),
+                        item,
+                        envelope,
+                    }),
+                    Err(_) if batch.seen_before(i) => counts.duplicates += 1,
+                    Err(e) => {
+                        tracing::warn!(
+                            topic = msg.topic(), partition = msg.partition(), offset = msg.offset(),
+                            packed_index = packed.then_some(k), error = %e,
+                            "dead-lettering malformed event"
+                        );
+                        refused.push(Refusal {
+                            index: i,
+                            kind: DeadLetterKind::Malformed,
+                            reason: e.to_string(),
+                            item: packed.then(|| (k, item.envelope.to_vec())),
+                        });
+                    }
                 }
             }
         }
@@ -136,14 +180,14 @@ impl<P: Projection> BatchHandler for Projector<P> {
         } else {
             let claims: Vec<(&str, i64)> = todo
                 .iter()
-                .map(|(_, _, e)| (e.stream_id.as_str(), e.sequence))
+                .map(|t| (t.envelope.stream_id.as_str(), t.envelope.sequence))
                 .collect();
             claim_batch(tx, projection.name(), &claims).await?
         };
         if !isolate && projection.batches() {
             // The whole batch in one call: the projection writes set-based.
             let mut fresh: Vec<&Envelope> = Vec::with_capacity(todo.len());
-            for (_, _, envelope) in &todo {
+            for Todo { envelope, .. } in &todo {
                 let mark = marks.entry(envelope.stream_id.clone()).or_insert(0);
                 if envelope.sequence <= *mark {
                     counts.duplicates += 1;
@@ -158,8 +202,11 @@ impl<P: Projection> BatchHandler for Projector<P> {
                 events = fresh.len(),
             );
             // The batch continues the trace of its first event.
-            if let Some((_, msg, _)) = todo.first() {
-                crate::trace::set_parent(&span, crate::trace::context_from_headers(msg.headers()));
+            if let Some(first) = todo.first() {
+                crate::trace::set_parent(
+                    &span,
+                    crate::trace::context_of_item(first.msg.headers(), &first.item),
+                );
             }
             match projection.apply_batch(tx, &fresh).instrument(span).await {
                 Ok(()) => counts.applied += fresh.len() as u64,
@@ -171,7 +218,14 @@ impl<P: Projection> BatchHandler for Projector<P> {
                 done: counts,
             });
         }
-        for (index, msg, envelope) in &todo {
+        for Todo {
+            index,
+            msg,
+            packed_index,
+            item,
+            envelope,
+        } in &todo
+        {
             let span = tracing::info_span!(
                 "apply",
                 consumer = projection.name(),
@@ -179,7 +233,7 @@ impl<P: Projection> BatchHandler for Projector<P> {
                 stream_id = %envelope.stream_id,
                 sequence = envelope.sequence,
             );
-            crate::trace::set_parent(&span, crate::trace::context_from_headers(msg.headers()));
+            crate::trace::set_parent(&span, crate::trace::context_of_item(msg.headers(), item));
             let outcome = if isolate {
                 // After a poison event: one savepoint per event isolates it.
                 let mut sp = sqlx::Acquire::begin(&mut *tx).await?;
@@ -214,6 +268,7 @@ impl<P: Projection> BatchHandler for Projector<P> {
                         index: *index,
                         kind: DeadLetterKind::Poison,
                         reason,
+                        item: packed_index.map(|k| (k, item.envelope.to_vec())),
                     });
                 }
                 Err(ApplyError::Poison(_)) => return Err(HandlerError::Poison),

@@ -6,6 +6,7 @@
 
 pub mod compact;
 pub mod envelope;
+pub mod pack;
 pub mod payload;
 pub mod request;
 pub mod schema;

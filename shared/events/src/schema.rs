@@ -32,6 +32,10 @@ pub fn all() -> Vec<SchemaFile> {
             format!("workload-request.v{WORKLOAD_REQUEST_VERSION}.schema.json"),
             &schemars::schema_for!(WorkloadRequest),
         ),
+        render(
+            "packed-message.v1.schema.json".into(),
+            &schemars::schema_for!(Vec<crate::pack::PackedItem<'static>>),
+        ),
     ];
     for &ty in EventType::ALL {
         files.push(render(
@@ -53,7 +57,7 @@ mod tests {
     #[test]
     fn every_event_type_has_a_schema_and_names_are_unique() {
         let files = all();
-        assert_eq!(files.len(), EventType::ALL.len() + 2);
+        assert_eq!(files.len(), EventType::ALL.len() + 3);
         let names: std::collections::HashSet<_> = files.iter().map(|f| &f.path).collect();
         assert_eq!(names.len(), files.len());
         let submitted = files

@@ -71,6 +71,12 @@ pub mod headers {
     pub const TRACEPARENT: &str = "traceparent";
     /// W3C trace state.
     pub const TRACESTATE: &str = "tracestate";
+    /// A packed message ([`crate::pack`]): how many events it carries. Such a message has no
+    /// per-event headers; each item carries its own trace context.
+    pub const PACKED: &str = "hcp-packed";
+    /// Dead letters: the index of the refused event within a packed message (the dead letter
+    /// holds that event alone).
+    pub const DLQ_PACKED_INDEX: &str = "hcp-dlq-packed-index";
     /// Dead letters: why the message was rejected.
     pub const DLQ_REASON: &str = "hcp-dlq-reason";
     /// Dead letters: the class of rejection (`malformed`, `unsupported-version`, `poison`).

@@ -20,7 +20,7 @@ use hcp_bus::engine::{
     Batch, BatchHandler, ConsumerSettings, Engine, Handled, HandlerError, Refusal,
 };
 use hcp_bus::{KafkaSettings, Producer};
-use hcp_events::Topic;
+use hcp_events::{pack, Topic};
 use rdkafka::message::{Message, OwnedMessage};
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
@@ -115,7 +115,7 @@ pub struct Written {
     occurred: Vec<OffsetDateTime>,
     ignored: u64,
     duplicates: u64,
-    rejected: Vec<(usize, Rejection)>,
+    rejected: Vec<Rejected>,
 }
 
 impl BatchHandler for IngestHandler {
@@ -141,8 +141,9 @@ impl BatchHandler for IngestHandler {
         write(tx, &decoded).await?;
         let refused = rejected
             .iter()
-            .map(|(i, r)| Refusal {
+            .map(|(i, item, r)| Refusal {
                 index: *i,
+                item: item.clone(),
                 kind: if r.malformed {
                     DeadLetterKind::Malformed
                 } else {
@@ -184,7 +185,7 @@ impl BatchHandler for IngestHandler {
         metrics::counter!(m::MESSAGES, "outcome" => "duplicate").increment(w.duplicates);
         metrics::counter!(m::MESSAGES, "outcome" => "dead_lettered")
             .increment(w.rejected.len() as u64);
-        for (i, r) in &w.rejected {
+        for (i, _, r) in &w.rejected {
             let msg = &batch.messages()[*i];
             tracing::warn!(topic = msg.topic(), partition = msg.partition(),
                 offset = msg.offset(), reason = r.reason, message = %r.message,
@@ -238,8 +239,12 @@ async fn write(tx: &mut PgConnection, d: &Decoded) -> Result<(), HandlerError> {
     Ok(())
 }
 
-/// Decoded rows, rejected messages (by index), duplicates and ignored messages.
-type DecodeOut = (Decoded, Vec<(usize, Rejection)>, u64, u64);
+/// A rejected message or event: the message's index, for an event of a packed message its
+/// index and bytes, and why.
+type Rejected = (usize, Option<(usize, Vec<u8>)>, Rejection);
+
+/// Decoded rows, rejections, duplicates and ignored events.
+type DecodeOut = (Decoded, Vec<Rejected>, u64, u64);
 
 /// Decodes the messages at or above their partition's stored offset (`seen` is false).
 fn decode(batch: &[OwnedMessage], seen: &[bool], telemetry_topic: &str) -> DecodeOut {
@@ -257,10 +262,21 @@ fn decode(batch: &[OwnedMessage], seen: &[bool], telemetry_topic: &str) -> Decod
         } else {
             Source::WorkerReports
         };
-        match d.add(source, msg.payload().unwrap_or_default()) {
-            Ok(Added::Rows(..)) => {}
-            Ok(Added::Ignored) => ignored += 1,
-            Err(r) => rejected.push((i, r)),
+        let payload = msg.payload().unwrap_or_default();
+        let items = match pack::items(payload) {
+            Ok(items) => items,
+            Err(e) => {
+                rejected.push((i, None, e.into()));
+                continue;
+            }
+        };
+        let packed = pack::is_packed(payload);
+        for (k, item) in items.iter().enumerate() {
+            match d.add(source, item.envelope) {
+                Ok(Added::Rows(..)) => {}
+                Ok(Added::Ignored) => ignored += 1,
+                Err(r) => rejected.push((i, packed.then(|| (k, item.envelope.to_vec())), r)),
+            }
         }
     }
     (d, rejected, duplicates, ignored)

@@ -17,10 +17,10 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hcp_bus::dead_letter::{dead_letter, DeadLetterKind};
+use hcp_bus::dead_letter::{dead_letter, narrow_to_item, DeadLetterKind};
 use hcp_bus::{BusError, KafkaSettings, OutgoingMessage, Producer};
 use hcp_events::payload::{AsicAction, AsicTelemetryBatch};
-use hcp_events::{headers, Envelope, Event, Topic};
+use hcp_events::{headers, pack, Envelope, Event, Topic};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use time::OffsetDateTime;
@@ -276,7 +276,7 @@ impl AsicSim {
                 _ = done.cancelled() => break,
                 msg = consumer.recv() => match msg {
                     Ok(msg) => {
-                        if let Some(dl) = self.on_message(&msg, &mut filter, &cmd_tx, &dlq_topic) {
+                        for dl in self.on_message(&msg, &mut filter, &cmd_tx, &dlq_topic) {
                             if let Err(e) = producer.send(&dl).await {
                                 tracing::error!(error = %e, offset = msg.offset(), "failed to dead-letter a command");
                             }
@@ -318,29 +318,60 @@ impl AsicSim {
         Ok(stats)
     }
 
-    /// Handles one command message; returns a dead letter when it must be rejected.
+    /// Handles one command message (one event, or several packed); returns the dead letters of
+    /// what must be rejected.
     fn on_message(
         &self,
         msg: &BorrowedMessage<'_>,
         filter: &mut CommandFilter,
         cmd_tx: &std::sync::mpsc::Sender<(Target, AsicAction)>,
         dlq_topic: &str,
-    ) -> Option<OutgoingMessage> {
-        let envelope = match Envelope::from_json(msg.payload().unwrap_or_default()) {
-            Ok(e) => e,
+    ) -> Vec<OutgoingMessage> {
+        let payload = msg.payload().unwrap_or_default();
+        let reject = |kind: DeadLetterKind, reason: &str, item: Option<(usize, &[u8])>| {
+            let mut dl = dead_letter(msg, dlq_topic, PRODUCER, kind, reason);
+            if let Some((k, bytes)) = item {
+                narrow_to_item(&mut dl, k, bytes);
+            }
+            dl
+        };
+        let items = match pack::items(payload) {
+            Ok(items) => items,
             Err(e) => {
                 metrics::counter!(m::COMMANDS, "action" => "unknown", "outcome" => "malformed")
                     .increment(1);
                 tracing::warn!(error = %e, offset = msg.offset(), "dead-lettering an undecodable command");
-                return Some(dead_letter(
-                    msg,
-                    dlq_topic,
-                    PRODUCER,
-                    DeadLetterKind::Malformed,
-                    &e.to_string(),
-                ));
+                return vec![reject(DeadLetterKind::Malformed, &e.to_string(), None)];
             }
         };
+        let packed = pack::is_packed(payload);
+        let mut dead = Vec::new();
+        for (k, item) in items.iter().enumerate() {
+            let here = packed.then_some((k, item.envelope));
+            match item.decode() {
+                Ok(envelope) => {
+                    if let Some((kind, reason)) = self.on_event(&envelope, filter, cmd_tx) {
+                        dead.push(reject(kind, &reason, here));
+                    }
+                }
+                Err(e) => {
+                    metrics::counter!(m::COMMANDS, "action" => "unknown", "outcome" => "malformed")
+                        .increment(1);
+                    tracing::warn!(error = %e, offset = msg.offset(), "dead-lettering an undecodable command");
+                    dead.push(reject(DeadLetterKind::Malformed, &e.to_string(), here));
+                }
+            }
+        }
+        dead
+    }
+
+    /// Handles one event of the command topic; returns why it must be dead-lettered, if so.
+    fn on_event(
+        &self,
+        envelope: &Envelope,
+        filter: &mut CommandFilter,
+        cmd_tx: &std::sync::mpsc::Sender<(Target, AsicAction)>,
+    ) -> Option<(DeadLetterKind, String)> {
         let Event::AsicCommandIssued(cmd) = &envelope.payload else {
             return None;
         };
@@ -358,13 +389,7 @@ impl AsicSim {
             }
             Verdict::Invalid(reason) => {
                 tracing::warn!(command_id = %cmd.command_id, %reason, "dead-lettering an ASIC command");
-                Some(dead_letter(
-                    msg,
-                    dlq_topic,
-                    PRODUCER,
-                    DeadLetterKind::Poison,
-                    &reason,
-                ))
+                Some((DeadLetterKind::Poison, reason))
             }
             Verdict::OtherSite | Verdict::Duplicate => None,
         }
