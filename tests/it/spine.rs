@@ -495,6 +495,89 @@ async fn malformed_and_poison_messages_land_in_dead_letters_with_a_reason_and_th
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_board_skips_redeliveries_by_its_own_row_version_and_claims_only_a_streams_first_batch()
+{
+    let env = TestEnv::new().await;
+    let topic = env.topic(Topic::Workloads);
+    let producer = hcp_bus::Producer::new(&env.kafka, "test-raw").unwrap();
+    let id = Uuid::now_v7();
+    let stream = format!("workload-{id}");
+    let events: Vec<Vec<u8>> = lifecycle(id)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut e)| {
+            e.sequence = i as i64 + 1;
+            e.to_json().unwrap()
+        })
+        .collect();
+    let send = |payloads: Vec<Vec<u8>>| {
+        let msgs: Vec<OutgoingMessage> = payloads
+            .into_iter()
+            .map(|payload| OutgoingMessage {
+                topic: topic.clone(),
+                key: stream.clone(),
+                payload,
+                headers: vec![],
+            })
+            .collect();
+        let producer = producer.clone();
+        async move { producer.send_batch(&msgs).await.unwrap() }
+    };
+    let board = start_consumer(&env, WorkloadBoard::new(), Topic::Workloads);
+    // The submission alone: the row does not exist yet, so its stream is claimed.
+    send(vec![events[0].clone()]).await;
+    assert!(
+        wait_until(WAIT, POLL, || async {
+            board_state(&env, id).await == Some(("queued".into(), 1))
+        })
+        .await
+    );
+    // The rest, then every event again (a relay that re-published): the row's version skips
+    // the copies, the first one included, and no claim is written for them.
+    let mut rest = events[1..].to_vec();
+    rest.extend(events.iter().cloned());
+    send(rest).await;
+    assert!(
+        completes(&env, id).await,
+        "{:?}",
+        board_state(&env, id).await
+    );
+    let offsets_done = wait_until(WAIT, POLL, || async {
+        sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT sum(next_offset)::bigint FROM consumer_offsets WHERE consumer = 'workload-board'",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+            == Some(8)
+    })
+    .await;
+    board.stop().await;
+    assert!(offsets_done, "the consumer read all eight messages");
+    let (seen, last): (i32, i64) = sqlx::query_as(
+        "SELECT events_seen, last_sequence FROM workload_board WHERE workload_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!((seen, last), (4, 4), "each event applied once");
+    let claimed: Vec<i64> = sqlx::query_scalar(
+        "SELECT last_sequence FROM consumer_stream_positions \
+         WHERE consumer = 'workload-board' AND stream_id = $1",
+    )
+    .bind(&stream)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        claimed,
+        vec![1],
+        "only the first batch, before the row existed, was claimed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_event_in_a_packed_message_is_dead_lettered_alone_and_its_neighbours_apply() {
     let env = TestEnv::new().await;
     let topic = env.topic(Topic::Workloads);

@@ -99,6 +99,16 @@ impl Projection for RouterProjection {
         &self.name
     }
 
+    /// A tracked workload's row records its stream's version as the router last saw it (the
+    /// fold skips anything at or below it, the router's own appends included).
+    async fn marks(
+        &self,
+        tx: &mut PgConnection,
+        streams: &[&str],
+    ) -> Result<std::collections::HashMap<String, i64>, hcp_db::sqlx::Error> {
+        repo::workload_marks(tx, streams).await
+    }
+
     async fn apply(&self, tx: &mut PgConnection, e: &Envelope) -> Result<(), ApplyError> {
         match role(e) {
             Role::Workload => self.fold(tx, &[e]).await?,

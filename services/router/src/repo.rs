@@ -366,6 +366,31 @@ pub async fn read_sites(
         .collect())
 }
 
+/// The stream version of every tracked workload among `streams` (workload streams), keyed by
+/// stream id: the router projection's own idempotency marks.
+pub async fn workload_marks(
+    tx: &mut PgConnection,
+    streams: &[&str],
+) -> Result<std::collections::HashMap<String, i64>, sqlx::Error> {
+    let ids: Vec<Uuid> = streams
+        .iter()
+        .filter_map(|s| hcp_events::payload::workload_of_stream(s))
+        .collect();
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+        "SELECT workload_id, last_version FROM router_queue WHERE workload_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, v)| (hcp_events::workload_stream(id), v))
+        .collect())
+}
+
 /// Deletes workloads that ended before `before`. Returns how many.
 pub async fn purge_ended(pool: &PgPool, before: OffsetDateTime) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(

@@ -43,7 +43,7 @@ fn default_replication() -> i32 {
     1
 }
 fn default_linger_ms() -> u32 {
-    2
+    0
 }
 fn default_fetch_wait_max_ms() -> u32 {
     10

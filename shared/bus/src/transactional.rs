@@ -174,16 +174,34 @@ impl<P: Projection> BatchHandler for Projector<P> {
                 }
             }
         }
-        // Fast path: one statement claims every stream sequence of the batch.
+        // The projection's own marks (row versions) for the streams it keeps them for; one
+        // statement claims the sequences of every other stream.
+        let streams: Vec<&str> = {
+            let mut v: Vec<&str> = todo.iter().map(|t| t.envelope.stream_id.as_str()).collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        let own = if todo.is_empty() {
+            HashMap::new()
+        } else {
+            projection.marks(tx, &streams).await?
+        };
         let mut marks = if isolate || todo.is_empty() {
             HashMap::new()
         } else {
             let claims: Vec<(&str, i64)> = todo
                 .iter()
+                .filter(|t| !own.contains_key(&t.envelope.stream_id))
                 .map(|t| (t.envelope.stream_id.as_str(), t.envelope.sequence))
                 .collect();
-            claim_batch(tx, projection.name(), &claims).await?
+            if claims.is_empty() {
+                HashMap::new()
+            } else {
+                claim_batch(tx, projection.name(), &claims).await?
+            }
         };
+        marks.extend(own.iter().map(|(k, v)| (k.clone(), *v)));
         if !isolate && projection.batches() {
             // The whole batch in one call: the projection writes set-based.
             let mut fresh: Vec<&Envelope> = Vec::with_capacity(todo.len());
@@ -235,11 +253,31 @@ impl<P: Projection> BatchHandler for Projector<P> {
             );
             crate::trace::set_parent(&span, crate::trace::context_of_item(msg.headers(), item));
             let outcome = if isolate {
-                // After a poison event: one savepoint per event isolates it.
+                // After a poison event: one savepoint per event isolates it. A stream the
+                // projection keeps its own mark for is checked against that mark (advanced in
+                // memory as its events apply); any other is claimed event by event.
                 let mut sp = sqlx::Acquire::begin(&mut *tx).await?;
-                let out = apply_once(&mut sp, projection, envelope)
-                    .instrument(span)
-                    .await;
+                let out = match marks.get(&envelope.stream_id).copied() {
+                    Some(mark) if own.contains_key(&envelope.stream_id) => {
+                        if envelope.sequence <= mark {
+                            Ok(Applied::Duplicate)
+                        } else {
+                            projection
+                                .apply(&mut sp, envelope)
+                                .instrument(span)
+                                .await
+                                .map(|()| Applied::Applied)
+                        }
+                    }
+                    _ => {
+                        apply_once(&mut sp, projection, envelope)
+                            .instrument(span)
+                            .await
+                    }
+                };
+                if matches!(out, Ok(Applied::Applied)) && own.contains_key(&envelope.stream_id) {
+                    marks.insert(envelope.stream_id.clone(), envelope.sequence);
+                }
                 if out.is_ok() {
                     sp.commit().await?;
                 } else {

@@ -1,6 +1,7 @@
 //! Projections: read models built by applying events in order. The same [`Projection`] is
 //! driven live by the Kafka consumer and offline by [`rebuild`], which replays the log.
 
+use std::collections::HashMap;
 use std::future::Future;
 
 use hcp_events::Envelope;
@@ -57,6 +58,26 @@ pub trait Projection: Send + Sync {
             }
             Ok(())
         }
+    }
+
+    /// The last applied sequence of those `streams` whose rows this projection keeps it in
+    /// (its own mark: a row version). The consumer then skips events at or below it without
+    /// writing a claim to `consumer_stream_positions`, which it still does for every stream
+    /// left out (one absent from the map, e.g. a stream's first event, which creates the
+    /// row). Runs inside the batch's transaction, after the partition locks, so no other
+    /// instance of the projection applies the same streams meanwhile.
+    ///
+    /// A projection that returns a mark promises: every event of the stream it applies moves
+    /// the mark to that event's sequence in the same transaction, or changes nothing (so
+    /// applying it again is harmless); and a row it deletes may see its stream's later events
+    /// again (the claims hold at least the stream's first event, so a deleted row is never
+    /// recreated by a redelivered first event). The default keeps no marks.
+    fn marks<'a>(
+        &'a self,
+        _tx: &'a mut PgConnection,
+        _streams: &'a [&'a str],
+    ) -> impl Future<Output = Result<HashMap<String, i64>, sqlx::Error>> + Send + 'a {
+        async { Ok(HashMap::new()) }
     }
 
     /// Whether [`Projection::apply_batch`] is overridden: the consumer then hands it the whole

@@ -1097,6 +1097,13 @@ pub fn workload_stream(workload_id: Uuid) -> String {
     format!("workload-{workload_id}")
 }
 
+/// The workload of a workload stream id ([`workload_stream`]'s inverse).
+pub fn workload_of_stream(stream_id: &str) -> Option<Uuid> {
+    stream_id
+        .strip_prefix("workload-")
+        .and_then(|id| Uuid::parse_str(id).ok())
+}
+
 /// The stream id of a worker's resource events.
 pub fn worker_stream(worker_id: &str) -> String {
     format!("worker-{worker_id}")

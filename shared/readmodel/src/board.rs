@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use hcp_db::{ApplyError, Projection};
 use hcp_domain::{transition, InvalidTransition, WorkloadState};
-use hcp_events::payload::{WorkloadKind, WorkloadSubmitted};
+use hcp_events::payload::{workload_of_stream, workload_stream, WorkloadKind, WorkloadSubmitted};
 use hcp_events::{Envelope, Event};
 use sqlx::{PgConnection, PgExecutor};
 use time::OffsetDateTime;
@@ -345,6 +345,32 @@ impl Default for WorkloadBoard {
 impl Projection for WorkloadBoard {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A workload's row records the sequence of the last lifecycle event applied; the other
+    /// events of its stream change nothing here.
+    async fn marks(
+        &self,
+        tx: &mut PgConnection,
+        streams: &[&str],
+    ) -> Result<HashMap<String, i64>, sqlx::Error> {
+        let ids: Vec<Uuid> = streams
+            .iter()
+            .filter_map(|s| workload_of_stream(s))
+            .collect();
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+            "SELECT workload_id, last_sequence FROM workload_board WHERE workload_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(tx)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, seq)| (workload_stream(id), seq))
+            .collect())
     }
 
     async fn apply(&self, tx: &mut PgConnection, e: &Envelope) -> Result<(), ApplyError> {

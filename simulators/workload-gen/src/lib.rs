@@ -84,6 +84,11 @@ pub struct Args {
     /// Topic namespace (for --via kafka).
     #[arg(long, env = "HCP_KAFKA__NAMESPACE", default_value = "hcp")]
     pub namespace: String,
+    /// How long the producer gathers requests into one produce request (for --via kafka).
+    /// The default is librdkafka's own, what an outside client gets without tuning (HCP's
+    /// own producers hand over whole batches and do not linger).
+    #[arg(long, default_value_t = 5)]
+    pub linger_ms: u32,
     /// Random seed (default: from the clock).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -140,6 +145,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Via::Kafka => {
             let mut k = KafkaSettings::new(args.brokers.clone());
             k.namespace = args.namespace.clone();
+            k.linger_ms = args.linger_ms;
             Some((
                 Producer::new(&k, "hcp-workload-gen")?,
                 k.topic(Topic::WorkloadRequests),
