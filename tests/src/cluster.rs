@@ -193,7 +193,8 @@ impl Cluster {
         std::fs::read_to_string(log).unwrap_or_default()
     }
 
-    async fn wait_for_gateway(&mut self) {
+    /// Waits until the gateway answers (after a start or a restart).
+    pub async fn wait_for_gateway(&mut self) {
         let url = format!("{}/api/v1/openapi.json", self.gateway_url);
         let ok = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
             let url = url.clone();
