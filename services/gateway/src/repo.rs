@@ -1,6 +1,8 @@
 //! The gateway's own tables: tenants, API keys (hashes only) and idempotency records. Small
 //! named functions taking an executor, so callers choose the transaction.
 
+use std::collections::HashMap;
+
 use hcp_events::Tier;
 use sqlx::{PgConnection, PgExecutor};
 use time::OffsetDateTime;
@@ -119,43 +121,96 @@ pub enum KeyClaim {
     },
 }
 
-/// Records `(tenant, key) → workload` unless the key exists. A concurrent claim of the same key
-/// waits on the unique index until the first transaction ends, then sees its row.
-#[tracing::instrument(skip_all, fields(tenant_id), err)]
-pub async fn claim_idempotency_key(
+/// One idempotency key to claim: `(tenant, key) → workload`, with the request's hash.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyRequest<'a> {
+    /// The tenant.
+    pub tenant_id: &'a str,
+    /// The key within the tenant.
+    pub key: &'a str,
+    /// The workload the key maps to if it is new.
+    pub workload_id: Uuid,
+    /// Fingerprint of the request.
+    pub request_hash: &'a [u8; 32],
+    /// `rest` or `kafka`.
+    pub source: &'a str,
+}
+
+/// Records `(tenant, key) → workload` for every request whose key does not exist yet, in one
+/// statement, and reads the first claim of every other one in a second; the answers are in
+/// input order. Keys are inserted in `(tenant, key)` order, so two concurrent groups wait on
+/// each other's keys in one order (no deadlock). A concurrent claim of the same key waits on
+/// the unique index until the first transaction ends, then sees its row. A key given twice in
+/// one call maps to its first request's workload; the second sees it as `Existing`.
+#[tracing::instrument(skip_all, fields(keys = requests.len()), err)]
+pub async fn claim_idempotency_keys(
     tx: &mut PgConnection,
-    tenant_id: &str,
-    key: &str,
-    workload_id: Uuid,
-    request_hash: &[u8; 32],
-    source: &str,
-) -> Result<KeyClaim, sqlx::Error> {
-    let inserted: Option<Uuid> = sqlx::query_scalar(
+    requests: &[KeyRequest<'_>],
+) -> Result<Vec<KeyClaim>, sqlx::Error> {
+    if requests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut order: Vec<usize> = (0..requests.len()).collect();
+    order.sort_by(|&a, &b| {
+        (requests[a].tenant_id, requests[a].key).cmp(&(requests[b].tenant_id, requests[b].key))
+    });
+    let tenants: Vec<&str> = order.iter().map(|&i| requests[i].tenant_id).collect();
+    let keys: Vec<&str> = order.iter().map(|&i| requests[i].key).collect();
+    let workloads: Vec<Uuid> = order.iter().map(|&i| requests[i].workload_id).collect();
+    let hashes: Vec<&[u8]> = order
+        .iter()
+        .map(|&i| &requests[i].request_hash[..])
+        .collect();
+    let sources: Vec<&str> = order.iter().map(|&i| requests[i].source).collect();
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO gateway_idempotency (tenant_id, idempotency_key, workload_id, \
              request_hash, source) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, idempotency_key) DO NOTHING \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::bytea[], $5::text[]) \
+         ON CONFLICT (tenant_id, idempotency_key) DO NOTHING \
          RETURNING workload_id",
     )
-    .bind(tenant_id)
-    .bind(key)
-    .bind(workload_id)
-    .bind(&request_hash[..])
-    .bind(source)
-    .fetch_optional(&mut *tx)
+    .bind(&tenants)
+    .bind(&keys)
+    .bind(&workloads)
+    .bind(&hashes)
+    .bind(&sources)
+    .fetch_all(&mut *tx)
     .await?;
-    if inserted.is_some() {
-        return Ok(KeyClaim::New);
+    let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
+    let rest: Vec<usize> = (0..requests.len())
+        .filter(|&i| !inserted.contains(&requests[i].workload_id))
+        .collect();
+    let mut existing: HashMap<(String, String), (Uuid, Vec<u8>)> = HashMap::new();
+    if !rest.is_empty() {
+        let tenants: Vec<&str> = rest.iter().map(|&i| requests[i].tenant_id).collect();
+        let keys: Vec<&str> = rest.iter().map(|&i| requests[i].key).collect();
+        let rows: Vec<(String, String, Uuid, Vec<u8>)> = sqlx::query_as(
+            "SELECT g.tenant_id, g.idempotency_key, g.workload_id, g.request_hash \
+             FROM gateway_idempotency g \
+             JOIN UNNEST($1::text[], $2::text[]) AS u(tenant_id, idempotency_key) \
+               ON g.tenant_id = u.tenant_id AND g.idempotency_key = u.idempotency_key",
+        )
+        .bind(&tenants)
+        .bind(&keys)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (tenant, key, workload_id, hash) in rows {
+            existing.insert((tenant, key), (workload_id, hash));
+        }
     }
-    let (workload_id, request_hash): (Uuid, Vec<u8>) = sqlx::query_as(
-        "SELECT workload_id, request_hash FROM gateway_idempotency \
-         WHERE tenant_id = $1 AND idempotency_key = $2",
-    )
-    .bind(tenant_id)
-    .bind(key)
-    .fetch_one(&mut *tx)
-    .await?;
-    Ok(KeyClaim::Existing {
-        workload_id,
-        request_hash,
-    })
+    requests
+        .iter()
+        .map(|r| {
+            if inserted.contains(&r.workload_id) {
+                return Ok(KeyClaim::New);
+            }
+            existing
+                .get(&(r.tenant_id.to_owned(), r.key.to_owned()))
+                .map(|(workload_id, request_hash)| KeyClaim::Existing {
+                    workload_id: *workload_id,
+                    request_hash: request_hash.clone(),
+                })
+                .ok_or(sqlx::Error::RowNotFound)
+        })
+        .collect()
 }

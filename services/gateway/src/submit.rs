@@ -3,6 +3,8 @@
 //! stream `workload-<id>` (`ExpectedVersion::NoStream`), published to `workloads` with the
 //! current trace context. A replay of an accepted request appends nothing.
 
+use std::collections::HashMap;
+
 use hcp_db::{EventStore, ExpectedVersion, Publish, StoreError, StreamAppend};
 use hcp_events::payload::{SubmissionSource, WorkloadSubmitted};
 use hcp_events::{workload_stream, Envelope, Event, Tier, WorkloadRequest};
@@ -118,33 +120,48 @@ pub async fn submit_batch(
     let mut outcomes: Vec<Option<Result<Submitted, SubmitError>>> = Vec::with_capacity(batch.len());
     // (slot, workload id, stream, envelope) of every new submission.
     let mut fresh: Vec<(usize, Uuid, String, [Envelope; 1])> = Vec::with_capacity(batch.len());
+    // Every key of the group is claimed by one statement.
+    let ids: Vec<Uuid> = batch.iter().map(|_| Uuid::now_v7()).collect();
+    let keyed: Vec<(usize, repo::KeyRequest<'_>)> = batch
+        .iter()
+        .enumerate()
+        .filter_map(|(slot, (s, _))| {
+            s.idempotency_key.map(|key| {
+                (
+                    slot,
+                    repo::KeyRequest {
+                        tenant_id: &s.request.tenant_id,
+                        key,
+                        workload_id: ids[slot],
+                        request_hash: &s.fingerprint,
+                        source: source_str(s.source),
+                    },
+                )
+            })
+        })
+        .collect();
+    let requests: Vec<repo::KeyRequest<'_>> = keyed.iter().map(|(_, r)| *r).collect();
+    let mut claims: HashMap<usize, KeyClaim> = keyed
+        .iter()
+        .map(|(slot, _)| *slot)
+        .zip(repo::claim_idempotency_keys(tx, &requests).await?)
+        .collect();
     for (slot, (s, _)) in batch.iter().enumerate() {
-        let workload_id = Uuid::now_v7();
-        if let Some(key) = s.idempotency_key {
-            let claim = repo::claim_idempotency_key(
-                tx,
-                &s.request.tenant_id,
-                key,
-                workload_id,
-                &s.fingerprint,
-                source_str(s.source),
-            )
-            .await?;
-            if let KeyClaim::Existing {
-                workload_id,
-                request_hash,
-            } = claim
-            {
-                outcomes.push(Some(if request_hash == s.fingerprint {
-                    Ok(Submitted::Replayed(workload_id))
-                } else {
-                    Err(SubmitError::KeyReused {
-                        key: key.to_owned(),
-                        workload_id,
-                    })
-                }));
-                continue;
-            }
+        let workload_id = ids[slot];
+        if let Some(KeyClaim::Existing {
+            workload_id,
+            request_hash,
+        }) = claims.remove(&slot)
+        {
+            outcomes.push(Some(if request_hash == s.fingerprint {
+                Ok(Submitted::Replayed(workload_id))
+            } else {
+                Err(SubmitError::KeyReused {
+                    key: s.idempotency_key.unwrap_or_default().to_owned(),
+                    workload_id,
+                })
+            }));
+            continue;
         }
         let mut request = s.request.clone();
         if request.request_id.is_nil() {
