@@ -578,6 +578,37 @@ async fn the_board_skips_redeliveries_by_its_own_row_version_and_claims_only_a_s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_packing_off_every_event_travels_alone_for_readers_older_than_packing() {
+    let env = TestEnv::new().await;
+    let topic = env.topic(Topic::Workloads);
+    let mut kafka = env.kafka.clone();
+    kafka.pack = false;
+    let producer = hcp_bus::Producer::new(&kafka, "test-unpacked").unwrap();
+    let id = Uuid::now_v7();
+    let msgs: Vec<OutgoingMessage> = lifecycle(id)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut e)| {
+            e.sequence = i as i64 + 1;
+            OutgoingMessage {
+                topic: topic.clone(),
+                key: e.stream_id.clone(),
+                payload: e.to_json().unwrap(),
+                headers: vec![],
+            }
+        })
+        .collect();
+    producer.send_packed(&msgs).await.unwrap();
+    let wire = read_topic(&env.kafka, &topic, 4, WAIT).await;
+    assert_eq!(wire.len(), 4, "four messages");
+    for (i, m) in wire.iter().enumerate() {
+        assert_eq!(header(m, headers::PACKED), None);
+        let e = Envelope::from_json(m.payload().unwrap()).unwrap();
+        assert_eq!(e.sequence, i as i64 + 1, "in order");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_event_in_a_packed_message_is_dead_lettered_alone_and_its_neighbours_apply() {
     let env = TestEnv::new().await;
     let topic = env.topic(Topic::Workloads);

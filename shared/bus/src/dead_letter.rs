@@ -73,6 +73,10 @@ pub fn dead_letter<M: Message>(
 /// message as `hcp-dlq-packed-index` (its neighbours were handled).
 pub fn narrow_to_item(dead: &mut OutgoingMessage, index: usize, event: &[u8]) {
     dead.payload = event.to_vec();
+    // The message's key is its first event's stream; the refused event's own, when it reads.
+    if let Ok(e) = hcp_events::Envelope::decode(event) {
+        dead.key = e.stream_id;
+    }
     dead.headers.retain(|(k, _)| k != headers::PACKED);
     dead.headers.push((
         headers::DLQ_PACKED_INDEX.into(),

@@ -53,7 +53,8 @@ pub struct Routed {
 /// Groups `messages` by topic and partition and packs each group's runs of JSON envelopes into
 /// as few messages as `limits` allow. Within a partition the output keeps the input's order;
 /// across partitions order means nothing to Kafka. `partitions` gives each topic's partition
-/// count (absent: that topic is sent unpacked).
+/// count (absent: that topic is sent unpacked, and so is a message with an empty key, both to
+/// the partitioner's choice, which is the same one).
 pub fn pack_by_partition(
     messages: &[OutgoingMessage],
     partitions: &HashMap<String, i32>,
@@ -64,7 +65,9 @@ pub fn pack_by_partition(
     let mut index: HashMap<(&str, i32), usize> = HashMap::new();
     let mut out = Vec::with_capacity(messages.len());
     for m in messages {
-        let Some(&n) = partitions.get(&m.topic) else {
+        // An empty key is partitioned at random by librdkafka: leave it to it.
+        let known = partitions.get(&m.topic).filter(|_| !m.key.is_empty());
+        let Some(&n) = known else {
             out.push(Routed {
                 message: m.clone(),
                 partition: None,

@@ -15,6 +15,14 @@ use crate::{BusError, KafkaSettings};
 
 /// How long a topic's partition count is trusted before it is read again.
 const PARTITIONS_TTL: Duration = Duration::from_secs(60);
+/// How long a failed partition-count lookup is remembered (the topic is sent unpacked
+/// meanwhile), so that a broker that cannot answer does not stall every batch.
+const PARTITIONS_RETRY: Duration = Duration::from_secs(10);
+/// Partition count by topic (`None`: the lookup failed) and when it was read.
+type PartitionCounts = HashMap<String, (Option<i32>, Instant)>;
+
+/// How long one partition-count lookup may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A message to produce.
 #[derive(Debug, Clone)]
@@ -48,8 +56,11 @@ impl OutgoingMessage {
 #[derive(Clone)]
 pub struct Producer {
     inner: FutureProducer,
-    /// Partition counts by topic, for packing ([`Producer::send_packed`]).
-    partitions: Arc<Mutex<HashMap<String, (i32, Instant)>>>,
+    /// Partition counts by topic (`None`: the lookup failed), with when they were read, for
+    /// packing ([`Producer::send_packed`]).
+    partitions: Arc<Mutex<PartitionCounts>>,
+    /// Whether [`Producer::send_packed`] packs (`kafka.pack`).
+    pack: bool,
 }
 
 impl std::fmt::Debug for Producer {
@@ -68,6 +79,7 @@ impl Producer {
         Ok(Self {
             inner,
             partitions: Arc::default(),
+            pack: settings.pack,
         })
     }
 
@@ -87,7 +99,7 @@ impl Producer {
     /// consumer pay per message. Every event still goes to the partition of its key, in order.
     /// A topic whose partition count cannot be read is sent unpacked.
     pub async fn send_packed(&self, messages: &[OutgoingMessage]) -> Result<(), BusError> {
-        if messages.len() < 2 {
+        if !self.pack || messages.is_empty() {
             return self.send_batch(messages).await;
         }
         let counts = self.partition_counts(messages).await;
@@ -117,9 +129,10 @@ impl Producer {
                     continue;
                 }
                 match cache.get(&msg.topic) {
-                    Some((n, at)) if at.elapsed() < PARTITIONS_TTL => {
+                    Some((Some(n), at)) if at.elapsed() < PARTITIONS_TTL => {
                         out.insert(msg.topic.clone(), *n);
                     }
+                    Some((None, at)) if at.elapsed() < PARTITIONS_RETRY => {}
                     _ => missing.push(msg.topic.clone()),
                 }
             }
@@ -130,7 +143,7 @@ impl Producer {
             let count = tokio::task::spawn_blocking(move || {
                 inner
                     .client()
-                    .fetch_metadata(Some(&name), Duration::from_secs(5))
+                    .fetch_metadata(Some(&name), METADATA_TIMEOUT)
                     .ok()
                     .and_then(|md| {
                         md.topics()
@@ -143,12 +156,12 @@ impl Producer {
             .await
             .ok()
             .flatten();
+            self.partitions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(topic.clone(), (count, Instant::now()));
             match count {
                 Some(n) => {
-                    self.partitions
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(topic.clone(), (n, Instant::now()));
                     out.insert(topic, n);
                 }
                 None => tracing::debug!(%topic, "partition count unknown; sending unpacked"),

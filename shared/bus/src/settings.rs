@@ -18,9 +18,14 @@ pub struct KafkaSettings {
     /// Replication factor for topics HCP creates.
     #[serde(default = "default_replication")]
     pub replication_factor: i32,
-    /// Producer batching delay. Small: the relay already batches.
+    /// Producer batching delay. None: the producers hand over whole batches.
     #[serde(default = "default_linger_ms")]
     pub linger_ms: u32,
+    /// Whether the outbox relay and the GPU workers pack the events bound for one partition
+    /// into one message ([`hcp_events::pack`]). Readers of this version read both forms; turn
+    /// it off while readers older than packing still run (a rolling upgrade).
+    #[serde(default = "default_pack")]
+    pub pack: bool,
     /// How long the broker may hold a fetch waiting for data. The default 500 ms puts every
     /// message ~250 ms late on brokers that do not answer a waiting fetch early.
     #[serde(default = "default_fetch_wait_max_ms")]
@@ -33,6 +38,9 @@ pub struct KafkaSettings {
     pub extra: std::collections::BTreeMap<String, String>,
 }
 
+fn default_pack() -> bool {
+    true
+}
 fn default_namespace() -> String {
     "hcp".into()
 }
@@ -61,6 +69,7 @@ impl KafkaSettings {
             partitions: default_partitions(),
             replication_factor: default_replication(),
             linger_ms: default_linger_ms(),
+            pack: default_pack(),
             fetch_wait_max_ms: default_fetch_wait_max_ms(),
             session_timeout_ms: default_session_timeout_ms(),
             extra: Default::default(),
@@ -96,7 +105,11 @@ impl KafkaSettings {
             .set("linger.ms", self.linger_ms.to_string())
             .set("message.timeout.ms", "30000")
             .set("compression.type", "none");
-        self.finish(c)
+        let mut c = self.finish(c);
+        // Packed and single messages must agree on a key's partition
+        // (`crate::pack::partition_of` computes this partitioner's choice).
+        c.set("partitioner", "consistent_random");
+        c
     }
 
     /// Consumer configuration: manual commits (the database is the truth), earliest reset.
