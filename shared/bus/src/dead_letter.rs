@@ -3,7 +3,7 @@
 
 use rdkafka::message::{Headers, Message};
 
-use crate::producer::OutgoingMessage;
+use crate::message::OutgoingMessage;
 use hcp_events::headers;
 
 /// The class of rejection.

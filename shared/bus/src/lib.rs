@@ -16,6 +16,7 @@ pub mod close;
 pub mod dead_letter;
 #[cfg(feature = "postgres")]
 pub mod engine;
+pub mod message;
 pub mod metrics_names;
 pub mod pack;
 pub mod producer;

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use hcp_events::headers;
 use hcp_events::pack::{self, Item};
 
-use crate::producer::OutgoingMessage;
+use crate::message::OutgoingMessage;
 
 /// Limits of one packed message. Kafka's default `message.max.bytes` is about 1 MB.
 #[derive(Debug, Clone, Copy)]

@@ -24,31 +24,19 @@ type PartitionCounts = HashMap<String, (Option<i32>, Instant)>;
 /// How long one partition-count lookup may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A message to produce.
-#[derive(Debug, Clone)]
-pub struct OutgoingMessage {
-    /// Topic.
-    pub topic: String,
-    /// Key (the stream id).
-    pub key: String,
-    /// Value bytes.
-    pub payload: Vec<u8>,
-    /// Headers, in order.
-    pub headers: Vec<(String, Vec<u8>)>,
-}
+pub use crate::message::OutgoingMessage;
 
-impl OutgoingMessage {
-    fn owned_headers(&self) -> OwnedHeaders {
-        self.headers.iter().fold(
-            OwnedHeaders::new_with_capacity(self.headers.len()),
-            |h, (k, v)| {
-                h.insert(Header {
-                    key: k,
-                    value: Some(v),
-                })
-            },
-        )
-    }
+/// The message's headers, for librdkafka.
+fn owned_headers(msg: &OutgoingMessage) -> OwnedHeaders {
+    msg.headers.iter().fold(
+        OwnedHeaders::new_with_capacity(msg.headers.len()),
+        |h, (k, v)| {
+            h.insert(Header {
+                key: k,
+                value: Some(v),
+            })
+        },
+    )
 }
 
 /// An idempotent (`enable.idempotence`, `acks=all`) producer. Messages of one key keep their
@@ -180,7 +168,7 @@ impl Producer {
             let mut record = FutureRecord::to(&msg.topic)
                 .key(msg.key.as_bytes())
                 .payload(&msg.payload)
-                .headers(msg.owned_headers());
+                .headers(owned_headers(msg));
             if let Some(p) = partition {
                 record = record.partition(p);
             }
