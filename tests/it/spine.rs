@@ -52,6 +52,32 @@ async fn completes(env: &TestEnv, id: Uuid) -> bool {
     .await
 }
 
+/// Poison: a completion for a workload nobody submitted (a valid envelope, an invalid
+/// transition), as its stream's first event.
+fn orphan_completion() -> Envelope {
+    let mut e = Envelope::new(
+        format!("workload-{}", Uuid::now_v7()),
+        "test",
+        Event::WorkloadCompleted(WorkloadCompleted {
+            workload_id: Uuid::now_v7(),
+            runtime_s: 1.0,
+            output: None,
+        }),
+    );
+    e.sequence = 1;
+    e
+}
+
+/// A workload's four-event happy path with its stream sequences (1-4), as it would come off
+/// the wire.
+fn numbered_lifecycle(id: Uuid) -> Vec<Envelope> {
+    let mut events = lifecycle(id);
+    for (i, e) in events.iter_mut().enumerate() {
+        e.sequence = i as i64 + 1;
+    }
+    events
+}
+
 fn header<'a>(m: &'a rdkafka::message::OwnedMessage, key: &str) -> Option<&'a str> {
     m.headers()?
         .iter()
@@ -411,21 +437,8 @@ async fn malformed_and_poison_messages_land_in_dead_letters_with_a_reason_and_th
     let garbage = b"{\"event_id\": \"not-a-uuid\"".to_vec();
     let id = Uuid::now_v7();
     let stream = format!("workload-{id}");
-    // Poison: a completion for a workload nobody submitted (valid envelope, invalid transition).
-    let mut poison = Envelope::new(
-        format!("workload-{}", Uuid::now_v7()),
-        "test",
-        Event::WorkloadCompleted(WorkloadCompleted {
-            workload_id: Uuid::now_v7(),
-            runtime_s: 1.0,
-            output: None,
-        }),
-    );
-    poison.sequence = 1;
-    let mut good = lifecycle(id);
-    for (i, e) in good.iter_mut().enumerate() {
-        e.sequence = i as i64 + 1;
-    }
+    let poison = orphan_completion();
+    let good = numbered_lifecycle(id);
     let mut msgs = vec![
         OutgoingMessage {
             topic: topic.clone(),
@@ -502,13 +515,9 @@ async fn the_board_skips_redeliveries_by_its_own_row_version_and_claims_only_a_s
     let producer = hcp_bus::Producer::new(&env.kafka, "test-raw").unwrap();
     let id = Uuid::now_v7();
     let stream = format!("workload-{id}");
-    let events: Vec<Vec<u8>> = lifecycle(id)
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut e)| {
-            e.sequence = i as i64 + 1;
-            e.to_json().unwrap()
-        })
+    let events: Vec<Vec<u8>> = numbered_lifecycle(id)
+        .iter()
+        .map(|e| e.to_json().unwrap())
         .collect();
     let send = |payloads: Vec<Vec<u8>>| {
         let msgs: Vec<OutgoingMessage> = payloads
@@ -585,17 +594,13 @@ async fn with_packing_off_every_event_travels_alone_for_readers_older_than_packi
     kafka.pack = false;
     let producer = hcp_bus::Producer::new(&kafka, "test-unpacked").unwrap();
     let id = Uuid::now_v7();
-    let msgs: Vec<OutgoingMessage> = lifecycle(id)
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut e)| {
-            e.sequence = i as i64 + 1;
-            OutgoingMessage {
-                topic: topic.clone(),
-                key: e.stream_id.clone(),
-                payload: e.to_json().unwrap(),
-                headers: vec![],
-            }
+    let msgs: Vec<OutgoingMessage> = numbered_lifecycle(id)
+        .iter()
+        .map(|e| OutgoingMessage {
+            topic: topic.clone(),
+            key: e.stream_id.clone(),
+            payload: e.to_json().unwrap(),
+            headers: vec![],
         })
         .collect();
     producer.send_packed(&msgs).await.unwrap();
@@ -618,21 +623,9 @@ async fn a_bad_event_in_a_packed_message_is_dead_lettered_alone_and_its_neighbou
     let garbage = br#"{"event_id":"not-a-uuid"}"#.to_vec();
     let id = Uuid::now_v7();
     let stream = format!("workload-{id}");
-    let mut poison = Envelope::new(
-        format!("workload-{}", Uuid::now_v7()),
-        "test",
-        Event::WorkloadCompleted(WorkloadCompleted {
-            workload_id: Uuid::now_v7(),
-            runtime_s: 1.0,
-            output: None,
-        }),
-    );
-    poison.sequence = 1;
+    let poison = orphan_completion();
     let mut payloads = vec![garbage.clone(), poison.to_json().unwrap()];
-    for (i, mut e) in lifecycle(id).into_iter().enumerate() {
-        e.sequence = i as i64 + 1;
-        payloads.push(e.to_json().unwrap());
-    }
+    payloads.extend(numbered_lifecycle(id).iter().map(|e| e.to_json().unwrap()));
     let msgs: Vec<OutgoingMessage> = payloads
         .iter()
         .map(|p| OutgoingMessage {

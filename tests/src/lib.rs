@@ -166,10 +166,21 @@ pub async fn read_topic(
     at_least: usize,
     timeout: Duration,
 ) -> Vec<OwnedMessage> {
+    read_until(kafka, topic, timeout, |read| read.len() >= at_least).await
+}
+
+/// Reads `topic` from the beginning until `enough` says so (asked before each message, with
+/// what was read) or `timeout` passes.
+async fn read_until(
+    kafka: &KafkaSettings,
+    topic: &str,
+    timeout: Duration,
+    mut enough: impl FnMut(&[OwnedMessage]) -> bool,
+) -> Vec<OwnedMessage> {
     let consumer = reader_from_beginning(kafka, topic);
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + timeout;
-    while out.len() < at_least {
+    while !enough(&out) {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
             Ok(Ok(m)) => out.push(m.detach()),
             Ok(Err(e)) => panic!("reading {topic}: {e}"),
@@ -177,6 +188,12 @@ pub async fn read_topic(
         }
     }
     out
+}
+
+/// The events a message carries: one, or each of a packed message's.
+fn events_of<'m>(m: &'m OwnedMessage, topic: &str) -> Vec<hcp_events::pack::Item<'m>> {
+    hcp_events::pack::items(m.payload().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("reading {topic}: {e}"))
 }
 
 /// One event read off a topic, packed or not.
@@ -200,28 +217,28 @@ pub async fn read_events(
     at_least: usize,
     timeout: Duration,
 ) -> Vec<WireEvent> {
-    let consumer = reader_from_beginning(kafka, topic);
+    let mut counted = (0, 0); // (messages, events)
+    let messages = read_until(kafka, topic, timeout, |read| {
+        for m in &read[counted.0..] {
+            counted.1 += events_of(m, topic).len();
+        }
+        counted.0 = read.len();
+        counted.1 >= at_least
+    })
+    .await;
     let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + timeout;
-    while out.len() < at_least {
-        match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(Ok(m)) => {
-                let items = hcp_events::pack::items(m.payload().unwrap_or_default())
-                    .unwrap_or_else(|e| panic!("reading {topic}: {e}"));
-                let n = items.len();
-                for item in items {
-                    out.push(WireEvent {
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        in_message: n,
-                        envelope: item
-                            .decode()
-                            .unwrap_or_else(|e| panic!("reading {topic}: {e}")),
-                    });
-                }
-            }
-            Ok(Err(e)) => panic!("reading {topic}: {e}"),
-            Err(_) => break,
+    for m in &messages {
+        let items = events_of(m, topic);
+        let n = items.len();
+        for item in items {
+            out.push(WireEvent {
+                partition: m.partition(),
+                offset: m.offset(),
+                in_message: n,
+                envelope: item
+                    .decode()
+                    .unwrap_or_else(|e| panic!("reading {topic}: {e}")),
+            });
         }
     }
     out
@@ -231,22 +248,29 @@ pub async fn read_events(
 /// for two seconds. (Counting by watermarks is not possible on nisshi: its high watermark
 /// trails the log; see docs/adr/0001-kafka-broker.md.)
 pub async fn count_messages(kafka: &KafkaSettings, topic: &str) -> i64 {
-    let consumer = reader_from_beginning(kafka, topic);
-    let mut n = 0;
-    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await {
-        n += 1;
-    }
-    n
+    count_read(kafka, topic, |_| 1).await
 }
 
 /// Total events in a topic (a packed message counts the events it carries), read as
 /// [`count_messages`] reads.
 pub async fn count_events(kafka: &KafkaSettings, topic: &str) -> i64 {
+    count_read(kafka, topic, |m| {
+        hcp_events::pack::items(m.payload().unwrap_or_default())
+            .map_or(1, |items| items.len() as i64)
+    })
+    .await
+}
+
+/// Sums `weight` over every message of `topic`, read until it has been idle for two seconds.
+async fn count_read(
+    kafka: &KafkaSettings,
+    topic: &str,
+    weight: impl Fn(&rdkafka::message::BorrowedMessage<'_>) -> i64,
+) -> i64 {
     let consumer = reader_from_beginning(kafka, topic);
     let mut n = 0;
     while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await {
-        n += hcp_events::pack::items(m.payload().unwrap_or_default())
-            .map_or(1, |items| items.len() as i64);
+        n += weight(&m);
     }
     n
 }

@@ -372,23 +372,12 @@ pub async fn workload_marks(
     tx: &mut PgConnection,
     streams: &[&str],
 ) -> Result<std::collections::HashMap<String, i64>, sqlx::Error> {
-    let ids: Vec<Uuid> = streams
-        .iter()
-        .filter_map(|s| hcp_events::payload::workload_of_stream(s))
-        .collect();
-    if ids.is_empty() {
-        return Ok(Default::default());
-    }
-    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+    hcp_db::projection::workload_row_marks(
+        tx,
         "SELECT workload_id, last_version FROM router_queue WHERE workload_id = ANY($1)",
+        streams,
     )
-    .bind(&ids)
-    .fetch_all(tx)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, v)| (hcp_events::workload_stream(id), v))
-        .collect())
+    .await
 }
 
 /// Deletes workloads that ended before `before`. Returns how many.

@@ -13,6 +13,10 @@ use hcp_events::pack::{self, Item};
 
 use crate::message::OutgoingMessage;
 
+/// Bytes a packed item adds around its envelope (`{"event":…}` and its trace context), as
+/// counted against [`PackLimits::max_bytes`].
+const ITEM_OVERHEAD: usize = 64;
+
 /// Limits of one packed message. Kafka's default `message.max.bytes` is about 1 MB.
 #[derive(Debug, Clone, Copy)]
 pub struct PackLimits {
@@ -87,13 +91,13 @@ pub fn pack_by_partition(
         let mut run_bytes = 0;
         for m in members {
             let fits = run.len() < limits.max_events
-                && run_bytes + m.payload.len() + 64 <= limits.max_bytes;
+                && run_bytes + m.payload.len() + ITEM_OVERHEAD <= limits.max_bytes;
             if !pack::packable(&m.payload) || !fits {
                 flush(&mut run, partition, &mut out);
                 run_bytes = 0;
             }
             if pack::packable(&m.payload) {
-                run_bytes += m.payload.len() + 64;
+                run_bytes += m.payload.len() + ITEM_OVERHEAD;
                 run.push(m);
             } else {
                 out.push(Routed {

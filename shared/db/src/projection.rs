@@ -98,6 +98,29 @@ pub trait Projection: Send + Sync {
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
 }
 
+/// [`Projection::marks`] for a projection that keeps one row per workload with the version of
+/// its stream: `query` selects `(workload id, version)` for the workload ids in `$1`
+/// (`uuid[]`). Streams that are not workload streams, and workloads without a row, are left
+/// out (the consumer claims them).
+pub async fn workload_row_marks(
+    tx: &mut PgConnection,
+    query: &'static str,
+    streams: &[&str],
+) -> Result<HashMap<String, i64>, sqlx::Error> {
+    let ids: Vec<uuid::Uuid> = streams
+        .iter()
+        .filter_map(|s| hcp_events::payload::workload_of_stream(s))
+        .collect();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(uuid::Uuid, i64)> = sqlx::query_as(query).bind(&ids).fetch_all(tx).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, version)| (hcp_events::workload_stream(id), version))
+        .collect())
+}
+
 /// What happened to one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {

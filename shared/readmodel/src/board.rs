@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use hcp_db::{ApplyError, Projection};
 use hcp_domain::{transition, InvalidTransition, WorkloadState};
-use hcp_events::payload::{workload_of_stream, workload_stream, WorkloadKind, WorkloadSubmitted};
+use hcp_events::payload::{WorkloadKind, WorkloadSubmitted};
 use hcp_events::{Envelope, Event};
 use sqlx::{PgConnection, PgExecutor};
 use time::OffsetDateTime;
@@ -354,23 +354,12 @@ impl Projection for WorkloadBoard {
         tx: &mut PgConnection,
         streams: &[&str],
     ) -> Result<HashMap<String, i64>, sqlx::Error> {
-        let ids: Vec<Uuid> = streams
-            .iter()
-            .filter_map(|s| workload_of_stream(s))
-            .collect();
-        if ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+        hcp_db::projection::workload_row_marks(
+            tx,
             "SELECT workload_id, last_sequence FROM workload_board WHERE workload_id = ANY($1)",
+            streams,
         )
-        .bind(&ids)
-        .fetch_all(tx)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, seq)| (workload_stream(id), seq))
-            .collect())
+        .await
     }
 
     async fn apply(&self, tx: &mut PgConnection, e: &Envelope) -> Result<(), ApplyError> {
