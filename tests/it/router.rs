@@ -235,6 +235,23 @@ async fn wait_for(
     }
 }
 
+/// Waits (bounded) until the workload's `router_queue` row satisfies `condition` (SQL over
+/// its columns).
+async fn row_becomes(env: &TestEnv, id: Uuid, condition: &str) -> bool {
+    let query = format!("SELECT {condition} FROM router_queue WHERE workload_id = $1");
+    wait_until(WAIT, POLL, || {
+        let (pool, query) = (env.pool.clone(), query.clone());
+        async move {
+            sqlx::query_scalar::<_, bool>(&query)
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(false)
+        }
+    })
+    .await
+}
+
 fn types(evs: &[Envelope]) -> Vec<&'static str> {
     evs.iter().map(|e| e.event_type().as_str()).collect()
 }
@@ -555,22 +572,7 @@ async fn a_restarted_router_neither_proposes_twice_nor_reuses_promised_gpus() {
         unreachable!()
     };
     // Wait until the router has recorded its own proposal, then restart it (all memory lost).
-    let pool = env.pool.clone();
-    assert!(
-        wait_until(WAIT, POLL, || {
-            let pool = pool.clone();
-            async move {
-                sqlx::query_scalar::<_, bool>(
-                    "SELECT proposed_at IS NOT NULL FROM router_queue WHERE workload_id = $1",
-                )
-                .bind(first)
-                .fetch_one(&pool)
-                .await
-                .unwrap_or(false)
-            }
-        })
-        .await
-    );
+    assert!(row_becomes(&env, first, "proposed_at IS NOT NULL").await);
     router.stop().await;
     let router = Router::start(&env, config());
 
@@ -1114,4 +1116,68 @@ async fn two_placement_loops_placing_directly_at_once_never_double_book() {
         .unwrap();
     assert_eq!(starts.len(), 4, "one start command per placement");
     router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_taken_from_the_log_is_placed_without_the_consumer_which_then_applies_it_once()
+{
+    let env = TestEnv::new().await;
+    // The consumer learns the worker, then stops.
+    let router = Router::start_with(&env, config(), Mode::NoPlacer);
+    register(&env, "w-1", 2).await;
+    router.stop().await;
+
+    // Only the log's tail and the placement loop: no consumer and no relay, so nothing of the
+    // submission can reach the router through the broker.
+    let shared = Arc::new(config());
+    let wake = Arc::new(Notify::new());
+    let topic = env.topic(Topic::Workloads);
+    let token = CancellationToken::new();
+    let ahead = hcp_router::ahead::Ahead::new(
+        env.pool.clone(),
+        shared.clone(),
+        topic.clone(),
+        wake.clone(),
+    );
+    let tail = ahead.start().await.expect("the tail listens");
+    let t = token.clone();
+    let following = tokio::spawn(async move { ahead.follow(tail, &t).await.expect("tail") });
+    let placer = Placer::new(env.pool.clone(), shared, topic, wake);
+    let t = token.clone();
+    let placing = tokio::spawn(async move { placer.run(t).await.expect("placer") });
+
+    let id = submit(&env, submission(Some(WorkloadKind::BatchInference), 1)).await;
+    let expected = vec![
+        "workload.submitted",
+        "workload.queued",
+        "workload.placement_proposed",
+    ];
+    let evs = wait_for(&env, id, "a proposal made from the tail", |evs| {
+        last_is(evs, hcp_events::EventType::WorkloadPlacementProposed)
+    })
+    .await;
+    assert_eq!(types(&evs), expected);
+    token.cancel();
+    following.await.unwrap();
+    placing.await.unwrap();
+
+    // The consumer now gets the submission from the broker (and the router's own appends):
+    // the row the tail wrote is its mark, so it classifies nothing twice and claims nothing.
+    let router = Router::start_with(&env, config(), Mode::NoPlacer);
+    assert!(
+        row_becomes(&env, id, "last_version = 3").await,
+        "the consumer never applied the router's own appends"
+    );
+    router.stop().await;
+    assert_eq!(types(&events(&env, id).await), expected);
+    let claims: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM consumer_stream_positions WHERE stream_id = $1")
+            .bind(workload_stream(id))
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        claims, 0,
+        "the consumer claimed a stream the tail had already marked"
+    );
 }

@@ -1206,3 +1206,76 @@ async fn a_batch_locks_the_offsets_of_all_its_partitions_at_once_and_stores_them
     assert_eq!(seen[&("t".to_owned(), 1)], Some(25));
     assert_eq!(seen[&("t".to_owned(), 2)], Some(5));
 }
+
+/// Appends a workload's submission alone (the stream's first and last event).
+async fn append_submission(env: &TestEnv, id: Uuid) {
+    let submitted = lifecycle(id).remove(0);
+    assert_eq!(
+        submitted.event_type(),
+        hcp_events::EventType::WorkloadSubmitted
+    );
+    EventStore::new(env.pool.clone())
+        .append_and_commit(
+            &format!("workload-{id}"),
+            ExpectedVersion::NoStream,
+            &[submitted],
+            &Publish::to(env.topic(Topic::Workloads)),
+        )
+        .await
+        .unwrap();
+}
+
+fn workload_ids(events: &[hcp_db::RecordedEvent]) -> Vec<Uuid> {
+    events
+        .iter()
+        .map(|r| r.envelope.payload.workload_id().expect("a workload event"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_tail_is_woken_at_commit_and_returns_only_new_events_still_last_of_their_stream() {
+    let env = TestEnv::new().await;
+    let token = tokio_util::sync::CancellationToken::new();
+    // Recorded before the tail started: the consumer's to apply, never the tail's.
+    let earlier = Uuid::now_v7();
+    append_submission(&env, earlier).await;
+    let mut tail = hcp_db::LogTail::start(env.pool.clone(), &["workload.submitted"], 2)
+        .await
+        .unwrap();
+
+    // A new submission wakes the tail at its commit (the idle look is an hour away).
+    let fresh = Uuid::now_v7();
+    let waiting = tail.next(Duration::from_secs(3600), &token);
+    let (got, ()) = tokio::join!(
+        tokio::time::timeout(WAIT, waiting),
+        append_submission(&env, fresh)
+    );
+    let got = got
+        .expect("the commit's NOTIFY woke the tail")
+        .unwrap()
+        .unwrap();
+    assert_eq!(workload_ids(&got), vec![fresh]);
+    assert!(tail.read().await.unwrap().is_empty(), "read twice");
+
+    // A submission that its stream moved past before the tail read it is left to the consumer;
+    // events of other types are not returned.
+    let moved = Uuid::now_v7();
+    append_happy_path(&env, moved).await;
+    let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    for id in [a, b, c] {
+        append_submission(&env, id).await;
+    }
+    // Two at a time (the tail's page), in log order, then the rest.
+    assert_eq!(workload_ids(&tail.read().await.unwrap()), vec![a, b]);
+    assert_eq!(workload_ids(&tail.read().await.unwrap()), vec![c]);
+    assert!(tail.read().await.unwrap().is_empty());
+
+    token.cancel();
+    assert!(
+        tail.next(Duration::from_secs(3600), &token)
+            .await
+            .unwrap()
+            .is_none(),
+        "a cancelled tail returns nothing"
+    );
+}

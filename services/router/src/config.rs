@@ -45,6 +45,9 @@ pub struct RouterConfig {
     /// Place directly through the allocation ledger (one step, no proposal hop); `false`
     /// proposes and lets the resource-manager answer (ADR 0004's handshake).
     pub place_directly: bool,
+    /// Take submissions from the event store as they commit, ahead of the consumer (one broker
+    /// hop sooner; the consumer still applies whatever this passes over).
+    pub follow_log: bool,
     /// Preemption refill rate.
     pub preemptions_per_minute: f64,
     /// Preemptions allowed in a burst.

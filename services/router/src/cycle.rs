@@ -205,6 +205,14 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// Whether applying `changes` and planning is small enough to do on the async runtime:
+    /// handing a few rows to a blocking thread costs more (a cold thread's wake-up) than the
+    /// work, and it is on a lone submission's path.
+    pub(crate) fn is_small(&self, changes: &crate::repo::Changes) -> bool {
+        const SMALL: usize = 64;
+        self.queue.len() + changes.workloads.len() + changes.gpus.len() < SMALL
+    }
+
     pub(crate) fn new(config: &RouterConfig, now: OffsetDateTime) -> Self {
         Self {
             watermark: 0,

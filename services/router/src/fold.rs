@@ -1,5 +1,6 @@
 //! The router projection's write path: a run of workload events folded set-based. One insert
-//! of the new submissions, one locked read of every row the run touches, the fold in memory
+//! of the new submissions (classified in it when feasible), one locked read of every other
+//! row the run touches, the fold in memory
 //! (the same rules for one event or a thousand), one batched append of what follows from them
 //! (`workload.failed` for an infeasible submission or a placement given up), one write of the
 //! changed rows, one of the GPUs' holders and one of the breakers. A feasible submission is
@@ -235,18 +236,14 @@ impl<'a> Fold<'a> {
         last: bool,
     ) {
         let class = classify(p);
-        let request = PlacementRequest {
-            gpu_count: p.gpu_count,
-            gpu_type: p.gpu_type.clone(),
-            min_memory_mib: u64::from(p.gpu_memory_gib.unwrap_or(0)) * 1024,
-        };
-        match feasible_ever(&request, fleet) {
+        match feasible_ever(&placement_request(p), fleet) {
             Ok(()) => {
-                let Some(row) = self.rows.get_mut(&p.workload_id) else {
-                    return;
-                };
-                row.classify(&Step::of(e, WorkloadState::Queued), &class);
-                self.touch(p.workload_id);
+                // Not loaded: the insert classified it, and no later event of the run needs
+                // the row.
+                if let Some(row) = self.rows.get_mut(&p.workload_id) {
+                    row.classify(&Step::of(e, WorkloadState::Queued), &class);
+                    self.touch(p.workload_id);
+                }
                 let waited = (OffsetDateTime::now_utc() - e.occurred_at).as_seconds_f64();
                 metrics::histogram!(m::SUBMIT_TO_QUEUED).record(waited.max(0.0));
                 tracing::debug!(workload_id = %p.workload_id, priority = class.priority, reason = %class.reason, "classified");
@@ -505,6 +502,8 @@ pub(crate) async fn apply_workload_events(
     }
     let mut submissions: Vec<(&Envelope, &WorkloadSubmitted)> = Vec::new();
     let mut ids: Vec<Uuid> = Vec::with_capacity(events.len());
+    // Workloads with an event other than their submission in the run.
+    let mut followed: HashSet<Uuid> = HashSet::new();
     let mut last: HashMap<&str, usize> = HashMap::new();
     for (i, e) in events.iter().enumerate() {
         if let Event::WorkloadSubmitted(p) = &e.payload {
@@ -515,6 +514,8 @@ pub(crate) async fn apply_workload_events(
                 )));
             }
             submissions.push((e, p));
+        } else if let Some(id) = e.payload.workload_id() {
+            followed.insert(id);
         }
         if let Some(id) = e.payload.workload_id() {
             ids.push(id);
@@ -523,20 +524,32 @@ pub(crate) async fn apply_workload_events(
     }
     ids.sort_unstable();
     ids.dedup();
-    let new = insert_submitted(tx, &submissions).await?;
-    let fleet = if new.is_empty() {
+    let fleet = if submissions.is_empty() {
         FleetShape::default()
     } else {
         repo::fleet_shape(tx).await?
     };
+    // A feasible submission is classified in its insert: one row version instead of an insert
+    // and an update, and no locked read of a row nothing else in the run touches.
+    let classes: HashMap<Uuid, Classification> = submissions
+        .iter()
+        .filter(|(_, p)| feasible_ever(&placement_request(p), &fleet).is_ok())
+        .map(|(_, p)| (p.workload_id, classify(p)))
+        .collect();
+    let new = insert_submitted(tx, &submissions, &classes).await?;
+    ids.retain(|id| !(new.contains(id) && classes.contains_key(id) && !followed.contains(id)));
     // Locked in id order: two runs touching the same rows cannot deadlock.
-    let rows: Vec<QueueRow> = sqlx::query_as(&format!(
-        "SELECT {ROW_COLUMNS} FROM router_queue WHERE workload_id = ANY($1) \
-         ORDER BY workload_id FOR UPDATE"
-    ))
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await?;
+    let rows: Vec<QueueRow> = if ids.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as(&format!(
+            "SELECT {ROW_COLUMNS} FROM router_queue WHERE workload_id = ANY($1) \
+             ORDER BY workload_id FOR UPDATE"
+        ))
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+    };
     let mut fold = Fold {
         config,
         rows: rows.into_iter().map(|r| (r.workload_id, r)).collect(),
@@ -576,14 +589,29 @@ pub(crate) async fn apply_workload_events(
     Ok(())
 }
 
-/// Inserts the new submissions (unclassified); returns the workloads that were new.
+/// What a submission asks of the fleet.
+fn placement_request(p: &WorkloadSubmitted) -> PlacementRequest {
+    PlacementRequest {
+        gpu_count: p.gpu_count,
+        gpu_type: p.gpu_type.clone(),
+        min_memory_mib: u64::from(p.gpu_memory_gib.unwrap_or(0)) * 1024,
+    }
+}
+
+/// Inserts the new submissions, classified as in `classes` (a submission without a class is
+/// inserted unclassified and answered by the fold); returns the workloads that were new.
 async fn insert_submitted(
     tx: &mut PgConnection,
     submissions: &[(&Envelope, &WorkloadSubmitted)],
+    classes: &HashMap<Uuid, Classification>,
 ) -> Result<HashSet<Uuid>, sqlx::Error> {
     if submissions.is_empty() {
         return Ok(HashSet::new());
     }
+    // In workload order: two transactions inserting overlapping submissions (the consumer and
+    // the log's tail, `crate::ahead`) wait on each other in one order and cannot deadlock.
+    let mut submissions = submissions.to_vec();
+    submissions.sort_by_key(|(_, p)| p.workload_id);
     let n = submissions.len();
     let mut ids = Vec::with_capacity(n);
     let mut tenants = Vec::with_capacity(n);
@@ -598,7 +626,18 @@ async fn insert_submitted(
     let mut event_ids = Vec::with_capacity(n);
     let mut correlations = Vec::with_capacity(n);
     let mut at = Vec::with_capacity(n);
-    for (e, p) in submissions {
+    let mut kinds = Vec::with_capacity(n);
+    let mut priorities = Vec::with_capacity(n);
+    let mut interruptible = Vec::with_capacity(n);
+    let mut reasons = Vec::with_capacity(n);
+    let mut queued_at = Vec::with_capacity(n);
+    for (e, p) in &submissions {
+        let class = classes.get(&p.workload_id);
+        kinds.push(class.map(|c| kind_str(c.kind)));
+        priorities.push(class.map(|c| i16::from(c.priority)));
+        interruptible.push(class.map(|c| c.interruptible));
+        reasons.push(class.and_then(|c| (!c.reason.is_empty()).then_some(c.reason.as_str())));
+        queued_at.push(class.map(|_| e.occurred_at));
         ids.push(p.workload_id);
         tenants.push(p.tenant_id.as_str());
         tiers.push(p.tier.as_str());
@@ -616,14 +655,17 @@ async fn insert_submitted(
     let inserted: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO router_queue (workload_id, tenant_id, tier, model, gpu_count, gpu_type, \
              gpu_memory_mib, duration_s, deadline, state, last_version, last_event_id, \
-             correlation_id, submitted_at, updated_at) \
+             correlation_id, submitted_at, updated_at, kind, priority, interruptible, \
+             class_reason, queued_at) \
          SELECT u.id, u.tenant, u.tier, u.model, u.gpus, u.gpu_type, u.memory, u.duration, \
-                u.deadline, 'queued', u.version, u.event_id, u.correlation, u.at, u.at \
+                u.deadline, 'queued', u.version, u.event_id, u.correlation, u.at, u.at, u.kind, \
+                u.priority, u.interruptible, u.reason, u.queued_at \
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], \
                      $7::bigint[], $8::int[], $9::timestamptz[], $10::bigint[], $11::uuid[], \
-                     $12::uuid[], $13::timestamptz[]) \
+                     $12::uuid[], $13::timestamptz[], $14::text[], $15::smallint[], \
+                     $16::boolean[], $17::text[], $18::timestamptz[]) \
               AS u(id, tenant, tier, model, gpus, gpu_type, memory, duration, deadline, version, \
-                   event_id, correlation, at) \
+                   event_id, correlation, at, kind, priority, interruptible, reason, queued_at) \
          ON CONFLICT (workload_id) DO NOTHING RETURNING workload_id",
     )
     .bind(&ids)
@@ -639,6 +681,11 @@ async fn insert_submitted(
     .bind(&event_ids)
     .bind(&correlations)
     .bind(&at)
+    .bind(&kinds)
+    .bind(&priorities)
+    .bind(&interruptible)
+    .bind(&reasons)
+    .bind(&queued_at)
     .fetch_all(tx)
     .await?;
     Ok(inserted.into_iter().collect())

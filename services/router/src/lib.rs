@@ -6,12 +6,15 @@
 //!   submission in the consumer's transaction (`workload.queued` or `workload.failed`),
 //!   tracks workers, GPUs and holdings, feeds the circuit breakers, and fails workloads whose
 //!   placement was refused too often;
+//! - [`ahead`]: submissions folded from the event store as they commit, a broker hop before
+//!   the consumer brings them (`router.follow_log`);
 //! - [`placer`]: the placement loop (placements, deadlines, preemption); its memory and
 //!   decisions in `cycle`, its writes in `commit`;
 //! - [`repo`]: the SQL; [`config`]: settings; [`metrics`]: metric names.
 //!
 //! The scheduling rules themselves are pure and live in `hcp-domain`.
 
+pub mod ahead;
 mod commit;
 pub mod config;
 mod cycle;
@@ -47,6 +50,15 @@ pub async fn start(settings: Settings, mut ctx: ServiceContext) -> anyhow::Resul
         RouterProjection::new(config.clone(), topic.clone(), wake.clone()),
         &TOPICS,
     )?;
+    if config.follow_log {
+        let ahead = ahead::Ahead::new(
+            ctx.pool().clone(),
+            config.clone(),
+            topic.clone(),
+            wake.clone(),
+        );
+        ctx.spawn("submissions ahead of the consumer", ahead.run(ctx.token()));
+    }
     let mut placer = Placer::new(ctx.pool().clone(), config.clone(), topic, wake);
     if config.place_directly {
         placer = placer.placing_directly(ctx.topic(Topic::DeviceCommands));

@@ -12,6 +12,8 @@ pub const REJECTIONS: &str = "hcp_router_rejections_total";
 pub const PLACEMENT_PASS: &str = "hcp_router_placement_pass_seconds";
 /// Histogram: submission (envelope time) to classification (seconds).
 pub const SUBMIT_TO_QUEUED: &str = "hcp_router_submit_to_queued_seconds";
+/// Counter: submissions folded from the event store ahead of the consumer.
+pub const TAKEN_AHEAD: &str = "hcp_router_submissions_taken_ahead_total";
 /// Gauge: workers per breaker state (label `state`).
 pub const BREAKERS: &str = "hcp_router_breakers";
 
@@ -63,6 +65,11 @@ pub fn describe() {
         PLACEMENTS,
         Unit::Count,
         "Placements proposed to the resource-manager."
+    );
+    describe_counter!(
+        TAKEN_AHEAD,
+        Unit::Count,
+        "Submissions folded from the event store as they committed, ahead of the consumer."
     );
     describe_counter!(
         PREEMPTIONS,

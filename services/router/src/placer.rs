@@ -1,11 +1,13 @@
 //! The placement loop (its memory and the pass's decisions are in `cycle`, its writes in
-//! `commit`). Every tick (or sooner, when the consumer committed something) it:
+//! `commit`). Every tick (or sooner, when the consumer or the log's tail committed something:
+//! at once after an idle pass, at most every `min_gap_ms` while passes place) it:
 //!
 //! 1. reads the router tables incrementally (rows written since the previous read's oldest
 //!    running transaction; the first read loads everything) into memory: the workloads, the
 //!    fair queue, the workers and their GPUs;
 //! 2. fails queued workloads whose deadline passed;
-//! 3. runs the pure placement pass (`hcp_domain`) on a blocking thread: beneficiaries of
+//! 3. runs the pure placement pass (`hcp_domain`), on a blocking thread unless it is small:
+//!    beneficiaries of
 //!    earlier preemptions first, then the queue's drain order, skipping workloads with an
 //!    unanswered proposal or in backoff, on GPUs that are neither held nor promised;
 //! 4. for real-time workloads that still do not fit, chooses victims to preempt (rate-limited,
@@ -49,6 +51,9 @@ pub struct Placer {
     commands_topic: Option<String>,
     wake: Arc<Notify>,
     state: Option<Box<State>>,
+    /// The last pass wrote decisions: a wake-up then waits out `min_gap_ms`, so that under
+    /// load passes batch; after an idle pass a wake-up is served at once.
+    busy: bool,
 }
 
 impl Placer {
@@ -67,6 +72,7 @@ impl Placer {
             commands_topic: None,
             wake,
             state: None,
+            busy: false,
         }
     }
 
@@ -93,12 +99,13 @@ impl Placer {
             tokio::select! {
                 _ = token.cancelled() => break,
                 _ = tokio::time::sleep_until(started + tick) => {}
-                _ = self.wake.notified() => {
+                _ = self.wake.notified(), if self.busy => {
                     tokio::select! {
                         _ = token.cancelled() => break,
                         _ = tokio::time::sleep_until(started + gap) => {}
                     }
                 }
+                _ = self.wake.notified(), if !self.busy => {}
             }
         }
         tracing::info!("placement loop stopped");
@@ -109,6 +116,7 @@ impl Placer {
     /// blocking thread) and append. Public so tests can drive passes one at a time.
     pub async fn pass(&mut self) -> anyhow::Result<()> {
         let started = Instant::now();
+        self.busy = false;
         let now = OffsetDateTime::now_utc();
         let config = self.config.clone();
         let mut state = self
@@ -170,7 +178,8 @@ impl Placer {
             preempted = tracing::field::Empty,
         );
         async {
-            let (state, plan) = tokio::task::spawn_blocking(move || {
+            let small = state.is_small(&changes);
+            let work = move || {
                 state.apply(changes);
                 if let Some(sites) = sites {
                     state.sites = sites;
@@ -178,9 +187,14 @@ impl Placer {
                 }
                 let plan = state.plan(now, &config);
                 (state, plan)
-            })
-            .await
-            .context("placement pass panicked")?;
+            };
+            let (state, plan) = if small {
+                work()
+            } else {
+                tokio::task::spawn_blocking(work)
+                    .await
+                    .context("placement pass panicked")?
+            };
             self.state = Some(state);
             tracing::Span::current().record("considered", plan.considered);
             self.execute(plan, now).await;
@@ -230,6 +244,7 @@ impl Placer {
             },
             now,
         );
+        self.busy = done.placed + done.preempted + done.expired > 0;
         metrics::counter!(m::PLACEMENTS).increment(done.placed);
         metrics::counter!(m::PREEMPTIONS).increment(done.preempted);
         for _ in 0..done.expired {

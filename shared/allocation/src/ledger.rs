@@ -134,6 +134,23 @@ pub async fn lock_pools<'a>(
     Ok(())
 }
 
+/// Takes the locks of the pools of `worker_ids` (their sites as recorded now), in name order,
+/// in one statement: [`lock_pools`] without a read of the workers first.
+pub async fn lock_pools_of(
+    conn: &mut PgConnection,
+    worker_ids: &[String],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT count(pg_advisory_xact_lock($1, hashtext(s.site))) FROM ( \
+             SELECT DISTINCT site FROM rm_workers WHERE worker_id = ANY($2) ORDER BY site) s",
+    )
+    .bind(POOL_LOCK_CLASS)
+    .bind(worker_ids)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
 /// Inserts the allocations of many gangs (`(workload, worker, gpu)` rows). Returns, per
 /// workload, how many rows went in (the partial unique index refuses a held GPU).
 pub async fn allocate_many(

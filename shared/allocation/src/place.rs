@@ -176,8 +176,7 @@ pub async fn place(
     worker_ids.sort_unstable();
     worker_ids.dedup();
     // The pool locks come first: from here to commit nobody else changes these pools.
-    let before = ledger::workers(tx, &worker_ids).await?;
-    ledger::lock_pools(tx, before.values().map(|w| w.site.as_str())).await?;
+    ledger::lock_pools_of(tx, &worker_ids).await?;
     let workers = ledger::workers(tx, &worker_ids).await?;
     let gpu_ids: Vec<String> = requests
         .iter()
