@@ -1135,9 +1135,7 @@ async fn a_submission_taken_from_the_log_is_placed_without_the_consumer_which_th
     let token = CancellationToken::new();
     let ahead = hcp_router::ahead::Ahead::new(
         env.pool.clone(),
-        shared.clone(),
-        topic.clone(),
-        wake.clone(),
+        RouterProjection::new(shared.clone(), topic.clone(), wake.clone()),
     );
     let tail = ahead.start().await.expect("the tail listens");
     let t = token.clone();

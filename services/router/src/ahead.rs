@@ -14,17 +14,15 @@
 //! their stream's last event, so it can never apply a stream out of order or bring back a
 //! workload that has moved on.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use hcp_db::sqlx::PgPool;
-use hcp_db::{ApplyError, LogTail, Publish, StoreError};
+use hcp_db::{ApplyError, LogTail, Projection, StoreError};
 use hcp_events::{Envelope, EventType};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::RouterConfig;
 use crate::metrics as m;
+use crate::projection::RouterProjection;
 
 /// Submissions read at a time.
 const PAGE: i64 = 1_000;
@@ -33,30 +31,18 @@ const IDLE: Duration = Duration::from_secs(1);
 /// After a failure (the database away), wait this long before starting again.
 const BACKOFF: Duration = Duration::from_secs(1);
 
-/// The task (see the module docs).
+/// The task (see the module docs): the router's projection, applied from the log.
 #[derive(Debug, Clone)]
 pub struct Ahead {
     pool: PgPool,
-    config: Arc<RouterConfig>,
-    workloads_topic: String,
-    wake: Arc<Notify>,
+    projection: RouterProjection,
 }
 
 impl Ahead {
-    /// Folds into the router's tables in `pool`, appending (a refusal) to `workloads_topic`,
-    /// and wakes the placement loop through `wake`.
-    pub fn new(
-        pool: PgPool,
-        config: Arc<RouterConfig>,
-        workloads_topic: String,
-        wake: Arc<Notify>,
-    ) -> Self {
-        Self {
-            pool,
-            config,
-            workloads_topic,
-            wake,
-        }
+    /// Folds with `projection` (its tables, its appends, its wake-up of the placement loop)
+    /// in transactions on `pool`.
+    pub fn new(pool: PgPool, projection: RouterProjection) -> Self {
+        Self { pool, projection }
     }
 
     /// Follows the log until `token` is cancelled, starting again after a failure.
@@ -104,7 +90,7 @@ impl Ahead {
             match self.fold(&envelopes).await {
                 Ok(()) => {
                     metrics::counter!(m::TAKEN_AHEAD).increment(envelopes.len() as u64);
-                    self.wake.notify_one();
+                    self.projection.committed();
                 }
                 // Left to the consumer, which applies (or dead-letters) them in order.
                 Err(e) => tracing::debug!(error = %e, "submissions left to the consumer"),
@@ -114,10 +100,8 @@ impl Ahead {
     }
 
     async fn fold(&self, events: &[&Envelope]) -> Result<(), ApplyError> {
-        let (traceparent, tracestate) = hcp_bus::trace::current_trace_headers();
-        let publish = Publish::to(self.workloads_topic.clone()).with_trace(traceparent, tracestate);
         let mut tx = self.pool.begin().await?;
-        crate::fold::apply_workload_events(&self.config, &publish, &mut tx, events).await?;
+        self.projection.fold(&mut tx, events).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -46,19 +46,12 @@ pub async fn start(settings: Settings, mut ctx: ServiceContext) -> anyhow::Resul
     let config = Arc::new(settings.router);
     let wake = Arc::new(Notify::new());
     let topic = ctx.topic(Topic::Workloads);
-    ctx.spawn_consumer(
-        RouterProjection::new(config.clone(), topic.clone(), wake.clone()),
-        &TOPICS,
-    )?;
+    let projection = RouterProjection::new(config.clone(), topic.clone(), wake.clone());
     if config.follow_log {
-        let ahead = ahead::Ahead::new(
-            ctx.pool().clone(),
-            config.clone(),
-            topic.clone(),
-            wake.clone(),
-        );
+        let ahead = ahead::Ahead::new(ctx.pool().clone(), projection.clone());
         ctx.spawn("submissions ahead of the consumer", ahead.run(ctx.token()));
     }
+    ctx.spawn_consumer(projection, &TOPICS)?;
     let mut placer = Placer::new(ctx.pool().clone(), config.clone(), topic, wake);
     if config.place_directly {
         placer = placer.placing_directly(ctx.topic(Topic::DeviceCommands));

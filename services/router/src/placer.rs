@@ -7,9 +7,9 @@
 //!    fair queue, the workers and their GPUs;
 //! 2. fails queued workloads whose deadline passed;
 //! 3. runs the pure placement pass (`hcp_domain`), on a blocking thread unless it is small:
-//!    beneficiaries of
-//!    earlier preemptions first, then the queue's drain order, skipping workloads with an
-//!    unanswered proposal or in backoff, on GPUs that are neither held nor promised;
+//!    beneficiaries of earlier preemptions first, then the queue's drain order, skipping
+//!    workloads with an unanswered proposal or in backoff, on GPUs that are neither held nor
+//!    promised;
 //! 4. for real-time workloads that still do not fit, chooses victims to preempt (rate-limited,
 //!    at most one wave per workload while its victims are stopping);
 //! 5. writes its decisions (`commit`): deadline failures (`workload.failed`); each placement,
@@ -99,13 +99,14 @@ impl Placer {
             tokio::select! {
                 _ = token.cancelled() => break,
                 _ = tokio::time::sleep_until(started + tick) => {}
-                _ = self.wake.notified(), if self.busy => {
-                    tokio::select! {
-                        _ = token.cancelled() => break,
-                        _ = tokio::time::sleep_until(started + gap) => {}
+                _ = self.wake.notified() => {
+                    if self.busy {
+                        tokio::select! {
+                            _ = token.cancelled() => break,
+                            _ = tokio::time::sleep_until(started + gap) => {}
+                        }
                     }
                 }
-                _ = self.wake.notified(), if !self.busy => {}
             }
         }
         tracing::info!("placement loop stopped");

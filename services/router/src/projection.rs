@@ -69,7 +69,12 @@ impl RouterProjection {
         Publish::to(self.workloads_topic.clone()).with_trace(traceparent, tracestate)
     }
 
-    async fn fold(&self, tx: &mut PgConnection, run: &[&Envelope]) -> Result<(), ApplyError> {
+    /// Folds a run of workload events (the consumer's, or the log's tail's, `crate::ahead`).
+    pub(crate) async fn fold(
+        &self,
+        tx: &mut PgConnection,
+        run: &[&Envelope],
+    ) -> Result<(), ApplyError> {
         crate::fold::apply_workload_events(&self.config, &self.publish(), tx, run).await
     }
 

@@ -135,14 +135,16 @@ pub async fn lock_pools<'a>(
 }
 
 /// Takes the locks of the pools of `worker_ids` (their sites as recorded now), in name order,
-/// in one statement: [`lock_pools`] without a read of the workers first.
+/// in one statement: [`lock_pools`] without a read of the workers first. The order is by
+/// bytes (`COLLATE "C"`), as [`lock_pools`] sorts, whatever the database's collation.
 pub async fn lock_pools_of(
     conn: &mut PgConnection,
     worker_ids: &[String],
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "SELECT count(pg_advisory_xact_lock($1, hashtext(s.site))) FROM ( \
-             SELECT DISTINCT site FROM rm_workers WHERE worker_id = ANY($2) ORDER BY site) s",
+             SELECT DISTINCT site COLLATE \"C\" AS site FROM rm_workers \
+             WHERE worker_id = ANY($2) ORDER BY 1) s",
     )
     .bind(POOL_LOCK_CLASS)
     .bind(worker_ids)
