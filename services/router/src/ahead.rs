@@ -28,6 +28,11 @@ use crate::projection::RouterProjection;
 const PAGE: i64 = 1_000;
 /// With no notification, look anyway this often (a notification lost while reconnecting).
 const IDLE: Duration = Duration::from_secs(1);
+/// Reads are at least this far apart: under load the outbox notifies at nearly every commit
+/// of every service, and a read (and a fold transaction) per commit cost more than they
+/// saved; notifications that arrive meanwhile are taken together. An idle system's next
+/// submission comes long after, so it is read at once.
+const GAP: Duration = Duration::from_millis(5);
 /// After a failure (the database away), wait this long before starting again.
 const BACKOFF: Duration = Duration::from_secs(1);
 
@@ -82,7 +87,18 @@ impl Ahead {
         mut tail: LogTail,
         token: &CancellationToken,
     ) -> Result<(), StoreError> {
-        while let Some(events) = tail.next(IDLE, token).await? {
+        let mut last_read: Option<tokio::time::Instant> = None;
+        loop {
+            if let Some(at) = last_read {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tokio::time::sleep_until(at + GAP) => {}
+                }
+            }
+            let Some(events) = tail.next(IDLE, token).await? else {
+                break;
+            };
+            last_read = Some(tokio::time::Instant::now());
             if events.is_empty() {
                 continue;
             }
