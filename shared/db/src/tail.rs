@@ -66,6 +66,8 @@ impl LogTail {
         token: &CancellationToken,
     ) -> Result<Option<Vec<RecordedEvent>>, StoreError> {
         tokio::select! {
+            // Cancellation first: a notification already buffered must not win the race.
+            biased;
             _ = token.cancelled() => return Ok(None),
             n = self.listener.recv() => { n?; }
             _ = tokio::time::sleep(idle) => {}
