@@ -36,6 +36,10 @@ const IDLE_RECHECK_MS: i64 = 1000;
 /// Real-time workloads sit at these priorities (base 8 plus tier).
 const REALTIME_LEVELS: [u8; 3] = [10, 9, 8];
 
+/// Debug builds check the kept free-GPU index against one built new at every pass, up to this
+/// many GPUs (beyond it the check would slow the tests' larger fleets for little gain).
+const INDEX_CHECK_MAX_GPUS: usize = 2_000;
+
 #[derive(Debug, Clone)]
 struct Workload {
     tenant: String,
@@ -185,8 +189,13 @@ pub(crate) struct State {
     workers: BTreeMap<String, WorkerEntry>,
     gpus: HashMap<String, Gpu>,
     worker_gpus: HashMap<String, BTreeSet<String>>,
-    pub(crate) sites: HashMap<String, SiteRow>,
+    sites: HashMap<String, SiteRow>,
     proposals: HashMap<Uuid, Proposal>,
+    /// The free-GPU index, kept between passes (`None`: built at the next pass).
+    index: Option<FreeIndex>,
+    /// Workers to re-index before the next pass: their row, GPUs or proposals changed, or the
+    /// last pass placed on them.
+    dirty: HashSet<String>,
     /// Deadline failures appended (stream version), until the row moves past them.
     failing: HashMap<Uuid, i64>,
     /// Preempted events appended (stream version), until the row moves past them.
@@ -225,6 +234,8 @@ impl State {
             worker_gpus: HashMap::new(),
             sites: HashMap::new(),
             proposals: HashMap::new(),
+            index: None,
+            dirty: HashSet::new(),
             failing: HashMap::new(),
             pending_victims: HashMap::new(),
             unannounced: HashSet::new(),
@@ -238,6 +249,7 @@ impl State {
 
     pub(crate) fn apply(&mut self, changes: Changes) {
         for w in changes.workers {
+            self.dirty.insert(w.worker_id.clone());
             self.workers.insert(
                 w.worker_id,
                 WorkerEntry {
@@ -256,11 +268,22 @@ impl State {
         self.watermark = changes.next_watermark;
     }
 
+    /// Sets the sites' scoring attributes (every worker's score may move: the index is built
+    /// anew when they changed).
+    pub(crate) fn set_sites(&mut self, sites: HashMap<String, SiteRow>) {
+        if sites != self.sites {
+            self.index = None;
+        }
+        self.sites = sites;
+    }
+
     fn apply_gpu(&mut self, g: GpuRow) {
+        self.dirty.insert(g.worker_id.clone());
         if let Some(old) = self.gpus.remove(&g.gpu_id) {
             if let Some(set) = self.worker_gpus.get_mut(&old.worker_id) {
                 set.remove(&g.gpu_id);
             }
+            self.dirty.insert(old.worker_id);
         }
         if g.removed {
             return;
@@ -288,7 +311,7 @@ impl State {
         }
         self.queue.remove(&id);
         self.running.remove(&id);
-        self.proposals.remove(&id);
+        self.drop_proposal(&id);
         self.failing.remove(&id);
         self.pending_victims.remove(&id);
         self.unannounced.remove(&id);
@@ -312,16 +335,21 @@ impl State {
             .get(&id)
             .is_some_and(|p| w.last_version > p.version || w.state != WorkloadState::Queued)
         {
-            self.proposals.remove(&id);
+            self.drop_proposal(&id);
         }
         // A proposal recorded in the table (e.g. made before a restart) blocks like one made now.
         if let (WorkloadState::Queued, Some((worker_id, gpu_ids, at))) = (w.state, &w.proposed) {
-            self.proposals.entry(id).or_insert_with(|| Proposal {
-                version: w.last_version,
-                worker_id: worker_id.clone(),
-                gpu_ids: gpu_ids.clone(),
-                at: *at,
-            });
+            if !self.proposals.contains_key(&id) {
+                self.set_proposal(
+                    id,
+                    Proposal {
+                        version: w.last_version,
+                        worker_id: worker_id.clone(),
+                        gpu_ids: gpu_ids.clone(),
+                        at: *at,
+                    },
+                );
+            }
         }
         if self.failing.get(&id).is_some_and(|v| w.last_version >= *v) {
             self.failing.remove(&id);
@@ -420,56 +448,122 @@ impl State {
         })
     }
 
-    /// The fleet as the scheduler sees it now: GPUs held or promised are allocated; a half-open
-    /// worker with a proposal out has used its probe.
-    fn worker_infos(&self, now: OffsetDateTime, config: &RouterConfig) -> Vec<WorkerInfo> {
-        let promised: HashSet<&str> = self
+    fn drop_proposal(&mut self, id: &Uuid) {
+        if let Some(p) = self.proposals.remove(id) {
+            self.dirty.insert(p.worker_id);
+        }
+    }
+
+    fn set_proposal(&mut self, id: Uuid, proposal: Proposal) {
+        self.dirty.insert(proposal.worker_id.clone());
+        if let Some(old) = self.proposals.insert(id, proposal) {
+            self.dirty.insert(old.worker_id);
+        }
+    }
+
+    /// The GPUs promised to proposals, and the workers with a proposal out.
+    fn promised(&self) -> (HashSet<&str>, HashSet<&str>) {
+        let promised = self
             .proposals
             .values()
             .flat_map(|p| p.gpu_ids.iter().map(String::as_str))
             .collect();
-        let probing: HashSet<&str> = self
+        let probing = self
             .proposals
             .values()
             .map(|p| p.worker_id.as_str())
             .collect();
+        (promised, probing)
+    }
+
+    /// Worker `id` as the scheduler sees it now: GPUs held or promised are allocated; a
+    /// half-open worker with a proposal out has used its probe.
+    fn worker_info(
+        &self,
+        (id, w): (&String, &WorkerEntry),
+        now: OffsetDateTime,
+        config: &RouterConfig,
+        (promised, probing): &(HashSet<&str>, HashSet<&str>),
+    ) -> WorkerInfo {
+        let mut admission = w.breaker.admission(now, &config.breaker);
+        if admission == Admission::Probe && probing.contains(id.as_str()) {
+            admission = Admission::Deny;
+        }
+        let site = self.sites.get(&w.site).copied().unwrap_or_default();
+        let gpus = self
+            .worker_gpus
+            .get(id)
+            .into_iter()
+            .flatten()
+            .filter_map(|gid| {
+                let g = self.gpus.get(gid)?;
+                Some(GpuInfo {
+                    gpu_id: gid.clone(),
+                    model: g.model.clone(),
+                    memory_mib: g.memory_mib,
+                    allocated: g.held_by.is_some() || promised.contains(gid.as_str()),
+                })
+            })
+            .collect();
+        WorkerInfo {
+            worker_id: id.clone(),
+            site: w.site.clone(),
+            healthy: w.healthy,
+            admission,
+            gpus,
+            site_attributes: SiteAttributes {
+                latency_ms: site.latency_ms,
+                cost_per_gpu_hour: site.cost_per_gpu_hour,
+            },
+            profitability: site.profitability,
+        }
+    }
+
+    /// The whole fleet as the scheduler sees it now (see [`State::worker_info`]).
+    fn worker_infos(&self, now: OffsetDateTime, config: &RouterConfig) -> Vec<WorkerInfo> {
+        let promised = self.promised();
         self.workers
             .iter()
-            .map(|(id, w)| {
-                let mut admission = w.breaker.admission(now, &config.breaker);
-                if admission == Admission::Probe && probing.contains(id.as_str()) {
-                    admission = Admission::Deny;
-                }
-                let site = self.sites.get(&w.site).copied().unwrap_or_default();
-                let gpus = self
-                    .worker_gpus
-                    .get(id)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|gid| {
-                        let g = self.gpus.get(gid)?;
-                        Some(GpuInfo {
-                            gpu_id: gid.clone(),
-                            model: g.model.clone(),
-                            memory_mib: g.memory_mib,
-                            allocated: g.held_by.is_some() || promised.contains(gid.as_str()),
-                        })
-                    })
-                    .collect();
-                WorkerInfo {
-                    worker_id: id.clone(),
-                    site: w.site.clone(),
-                    healthy: w.healthy,
-                    admission,
-                    gpus,
-                    site_attributes: SiteAttributes {
-                        latency_ms: site.latency_ms,
-                        cost_per_gpu_hour: site.cost_per_gpu_hour,
-                    },
-                    profitability: site.profitability,
-                }
-            })
+            .map(|w| self.worker_info(w, now, config, &promised))
             .collect()
+    }
+
+    /// The free-GPU index, brought up to date: the workers marked dirty and those whose
+    /// breaker is not closed (their admission moves with time) are re-indexed; a change the
+    /// kept index cannot take (a new worker or GPU class, new site attributes) builds it anew.
+    /// The pass is O(changes), not O(fleet).
+    fn take_index(&mut self, now: OffsetDateTime, config: &RouterConfig) -> FreeIndex {
+        let unsettled = self
+            .workers
+            .iter()
+            .filter(|(_, w)| !matches!(w.breaker, Breaker::Closed { .. }))
+            .map(|(id, _)| id.clone());
+        self.dirty.extend(unsettled);
+        let dirty = std::mem::take(&mut self.dirty);
+        let kept = self.index.take().and_then(|mut index| {
+            let promised = self.promised();
+            let all_taken = dirty.iter().all(|id| {
+                self.workers.get_key_value(id).is_none_or(|w| {
+                    index.update_worker(&self.worker_info(w, now, config, &promised))
+                })
+            });
+            all_taken.then(|| {
+                index.start_pass();
+                index
+            })
+        });
+        let index = kept.unwrap_or_else(|| {
+            FreeIndex::new(&self.worker_infos(now, config), ScoreWeights::default())
+        });
+        if cfg!(debug_assertions) && self.gpus.len() <= INDEX_CHECK_MAX_GPUS {
+            let fresh = FreeIndex::new(&self.worker_infos(now, config), ScoreWeights::default());
+            assert_eq!(
+                index.contents(),
+                fresh.contents(),
+                "the kept free-GPU index drifted from the router's memory"
+            );
+        }
+        index
     }
 
     /// Decides this pass: deadline failures, placements and preemptions.
@@ -519,7 +613,15 @@ impl State {
     fn decide(&mut self, now: OffsetDateTime, config: &RouterConfig) -> Plan {
         let mut plan = Plan::default();
         let proposal_timeout = time::Duration::milliseconds(config.proposal_timeout_ms as i64);
-        self.proposals.retain(|_, p| now - p.at < proposal_timeout);
+        let timed_out: Vec<Uuid> = self
+            .proposals
+            .iter()
+            .filter(|(_, p)| now - p.at >= proposal_timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in timed_out {
+            self.drop_proposal(&id);
+        }
         let preemption_timeout = time::Duration::milliseconds(config.preemption_timeout_ms as i64);
         let workloads = &self.workloads;
         self.preemptions.retain(|id, p| {
@@ -551,8 +653,7 @@ impl State {
         }
 
         // Placement.
-        let mut infos = self.worker_infos(now, config);
-        let mut index = FreeIndex::new(&infos, ScoreWeights::default());
+        let mut index = self.take_index(now, config);
         let mut first: Vec<(u8, Uuid)> = self
             .preemptions
             .keys()
@@ -582,6 +683,7 @@ impl State {
                 self.eligible(&id, now).map(|r| (id, r))
             });
         let outcome = place_all(&mut index, order);
+        self.index = Some(index);
         plan.backoff_due = backoff_due;
         plan.considered = outcome.considered;
         let mut placed: HashSet<Uuid> = HashSet::with_capacity(outcome.placed.len());
@@ -592,6 +694,8 @@ impl State {
             };
             placed.insert(id);
             placed_gpus.extend(p.gpu_ids.iter().cloned());
+            // Promised now if its append goes through, free again if not: re-indexed next pass.
+            self.dirty.insert(p.worker_id.clone());
             let event = Event::WorkloadPlacementProposed(WorkloadPlacementProposed {
                 workload_id: id,
                 worker_id: p.worker_id,
@@ -648,6 +752,7 @@ impl State {
         if candidates.is_empty() {
             return plan;
         }
+        let mut infos = self.worker_infos(now, config);
         for info in &mut infos {
             for g in &mut info.gpus {
                 g.allocated |= placed_gpus.contains(&g.gpu_id);
@@ -735,7 +840,7 @@ impl State {
                 continue;
             };
             done.placed += 1;
-            self.proposals.insert(
+            self.set_proposal(
                 a.workload_id,
                 Proposal {
                     version: v,

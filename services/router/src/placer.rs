@@ -183,7 +183,7 @@ impl Placer {
             let work = move || {
                 state.apply(changes);
                 if let Some(sites) = sites {
-                    state.sites = sites;
+                    state.set_sites(sites);
                     state.last_housekeeping = Some(now);
                 }
                 let plan = state.plan(now, &config);

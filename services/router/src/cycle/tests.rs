@@ -265,3 +265,49 @@ fn realtime_work_preempts_within_the_rate_limit_and_only_once_per_wave() {
     let later = NOW + time::Duration::minutes(1);
     assert!(s.plan(later, &config()).preemptions.is_empty());
 }
+
+#[test]
+fn the_kept_free_gpu_index_gives_back_what_a_failed_append_took_and_follows_breakers_in_time() {
+    let mut s = state(
+        vec![worker("w", 1)],
+        vec![row(1, WorkloadKind::BatchInference, 5, 1)],
+    );
+    let plan = s.plan(NOW, &config());
+    assert_eq!(proposed_ids(&plan), vec![Uuid::from_u128(1)]);
+    // The append failed (a conflict, or the database was away): nothing is promised, and the
+    // next pass finds the GPU free again.
+    let failed = Appended {
+        proposed: vec![None],
+        ..Appended::default()
+    };
+    s.record(&plan, failed, NOW);
+    let plan = s.plan(NOW, &config());
+    assert_eq!(proposed_ids(&plan), vec![Uuid::from_u128(1)]);
+    s.record(
+        &plan,
+        Appended {
+            proposed: vec![None],
+            ..Appended::default()
+        },
+        NOW,
+    );
+    // The worker's breaker opens for a second: nothing goes there until it half-opens, with
+    // no row changing in between.
+    let (mut w, _) = worker("w", 1);
+    w.breaker = Json(Breaker::Open {
+        until: NOW + time::Duration::seconds(1),
+        backoff_ms: 1000,
+    });
+    s.apply(Changes {
+        next_watermark: 2,
+        workers: vec![w],
+        ..Changes::default()
+    });
+    assert!(s.plan(NOW, &config()).proposals.is_empty());
+    let later = NOW + time::Duration::seconds(2);
+    assert_eq!(
+        proposed_ids(&s.plan(later, &config())),
+        vec![Uuid::from_u128(1)],
+        "the half-open breaker's probe"
+    );
+}
