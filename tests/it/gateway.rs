@@ -215,6 +215,39 @@ async fn requests_without_a_valid_key_are_refused_with_401_and_a_json_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_in_the_database_is_refused_once_its_remembered_lookup_expires() {
+    // Remembered keys (`gateway.key_cache_ms`) spare a lookup per request; a revocation
+    // still takes effect, within that time.
+    let w = World::start_with(|s| s.gateway.key_cache_ms = 300).await;
+    let key = w.tenant("acme", "pro").await;
+    assert_eq!(w.get("/workloads", &key).await.status, StatusCode::OK);
+    sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE tenant_id = 'acme'")
+        .execute(&w.env.pool)
+        .await
+        .unwrap();
+    let refused = wait_until(WAIT, POLL, || async {
+        w.get("/workloads", &key).await.status == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert!(refused, "a revoked key is still accepted");
+    w.stop().await;
+
+    // With the cache off, the first request after the revocation is refused.
+    let w = World::start_with(|s| s.gateway.key_cache_ms = 0).await;
+    let key = w.tenant("acme", "pro").await;
+    assert_eq!(w.get("/workloads", &key).await.status, StatusCode::OK);
+    sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE tenant_id = 'acme'")
+        .execute(&w.env.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        w.get("/workloads", &key).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_creates_tenants_and_keys_and_only_key_hashes_are_stored() {
     let w = World::start().await;
     let key = w.tenant("acme", "pro").await;

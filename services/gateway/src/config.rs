@@ -53,6 +53,10 @@ pub struct GatewaySettings {
     pub rate_limits: TierLimits,
     /// The Kafka intake.
     pub intake: IntakeSettings,
+    /// How long a tenant's API key, once found, is trusted without looking it up again, ms
+    /// (0: every request looks it up). A key revoked in the database is refused within this.
+    #[serde(default = "default_key_cache_ms")]
+    pub key_cache_ms: u64,
     /// Fleet description (`config/fleet.example.toml` format) that `/api/v1/profitability`
     /// values; relative to the working directory.
     #[serde(default = "default_fleet_file")]
@@ -61,6 +65,10 @@ pub struct GatewaySettings {
     /// optimizer's `price_series`.
     #[serde(default = "default_energy_series")]
     pub energy_series: String,
+}
+
+fn default_key_cache_ms() -> u64 {
+    5_000
 }
 
 fn default_fleet_file() -> std::path::PathBuf {

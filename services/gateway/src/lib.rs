@@ -68,6 +68,7 @@ async fn build_bound(
         ctx.topic(Topic::Workloads),
         gw.admin_key.expose_secret(),
         gw.rate_limits,
+        std::time::Duration::from_millis(gw.key_cache_ms),
     );
     let economics = http::economics::Economics::load(&gw.fleet_file, &gw.energy_series);
     let router = http::router(state, gw.max_body_bytes)

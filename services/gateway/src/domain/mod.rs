@@ -2,5 +2,6 @@
 
 pub mod cursor;
 pub mod eta;
+pub mod key_cache;
 pub mod keys;
 pub mod rate_limit;

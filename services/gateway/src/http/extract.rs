@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use super::AppState;
 use crate::domain::keys;
 use crate::error::{ApiError, FieldProblem};
-use crate::repo::{self, Tenant};
+use crate::repo::Tenant;
 
 /// The authenticated caller.
 #[derive(Debug, Clone)]
@@ -63,7 +63,8 @@ impl FromRequestParts<AppState> for Caller {
             tracing::Span::current().record("tenant_id", "admin");
             return Ok(Caller::Admin);
         }
-        let tenant = repo::tenant_by_key_hash(state.pool(), &hash)
+        let tenant = state
+            .tenant_by_key_hash(&hash)
             .await?
             .ok_or(ApiError::Unauthorized)?;
         tracing::Span::current().record("tenant_id", tenant.id.as_str());

@@ -11,8 +11,8 @@ pub mod views;
 pub mod workloads;
 
 use crate::group::GroupCommit;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -27,10 +27,12 @@ use sqlx::PgPool;
 use tracing::Instrument;
 
 use crate::config::TierLimits;
+use crate::domain::key_cache::KeyCache;
 use crate::domain::keys;
 use crate::domain::rate_limit::RateLimiter;
 use crate::error::ApiError;
 use crate::metrics_names as m;
+use crate::repo::{self, Tenant};
 
 /// What every handler shares.
 #[derive(Debug, Clone)]
@@ -41,6 +43,9 @@ pub struct AppState {
 /// Most REST submissions one group-commit transaction records.
 const GROUP_COMMIT_MAX: usize = 256;
 
+/// Most tenant keys remembered at a time.
+const KEY_CACHE_CAPACITY: usize = 10_000;
+
 #[derive(Debug)]
 struct Inner {
     pool: PgPool,
@@ -48,6 +53,8 @@ struct Inner {
     workloads_topic: String,
     admin_key_hash: [u8; 32],
     limiter: RateLimiter,
+    /// Tenant keys found recently.
+    tenants: Mutex<KeyCache<Tenant>>,
     /// REST submissions are committed in groups.
     group: GroupCommit,
     /// The OpenAPI document, generated once and served as is.
@@ -56,8 +63,15 @@ struct Inner {
 
 impl AppState {
     /// State over `pool`; events are published to `workloads_topic`. Only the admin key's hash
-    /// is kept. Starts the group committer of REST submissions on the current runtime.
-    pub fn new(pool: PgPool, workloads_topic: String, admin_key: &str, limits: TierLimits) -> Self {
+    /// is kept; a tenant's key, once found, is trusted for `key_cache` without another lookup.
+    /// Starts the group committer of REST submissions on the current runtime.
+    pub fn new(
+        pool: PgPool,
+        workloads_topic: String,
+        admin_key: &str,
+        limits: TierLimits,
+        key_cache: Duration,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store: EventStore::new(pool.clone()),
@@ -66,6 +80,7 @@ impl AppState {
                 workloads_topic,
                 admin_key_hash: keys::hash(admin_key),
                 limiter: RateLimiter::new(limits),
+                tenants: Mutex::new(KeyCache::new(key_cache, KEY_CACHE_CAPACITY)),
                 openapi: Bytes::from(api::openapi().to_string()),
             }),
         }
@@ -97,6 +112,28 @@ impl AppState {
 
     pub(crate) fn limiter(&self) -> &RateLimiter {
         &self.inner.limiter
+    }
+
+    /// The tenant owning the key with SHA-256 `hash` (not revoked), from the keys found
+    /// recently or else from the database.
+    pub(crate) async fn tenant_by_key_hash(
+        &self,
+        hash: &[u8; 32],
+    ) -> Result<Option<Tenant>, sqlx::Error> {
+        let cache = || {
+            self.inner
+                .tenants
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        };
+        if let Some(tenant) = cache().get(hash, Instant::now()) {
+            return Ok(Some(tenant));
+        }
+        let tenant = repo::tenant_by_key_hash(&self.inner.pool, hash).await?;
+        if let Some(t) = &tenant {
+            cache().put(*hash, t.clone(), Instant::now());
+        }
+        Ok(tenant)
     }
 }
 
