@@ -53,9 +53,10 @@ if want workloads; then
   HCP_BENCH_VIA=kafka HCP_BENCH_WORKERS="${HCP_BENCH_BIG_WORKERS:-1250}" \
     HCP_BENCH_RATE="${HCP_BENCH_KAFKA_RATE:-1000}" scripts/bench-workloads.sh
   echo
-  echo "(a lone submission at a time: 2/s offered on an idle system)"
+  echo "(a lone submission at a time: 2/s offered on an idle system of 10,000 GPUs)"
   fresh_broker
-  HCP_BENCH_VIA=rest HCP_BENCH_RATE=2 HCP_BENCH_SECONDS=20 scripts/bench-workloads.sh
+  HCP_BENCH_VIA=rest HCP_BENCH_RATE=2 HCP_BENCH_SECONDS=30 \
+    HCP_BENCH_WORKERS="${HCP_BENCH_BIG_WORKERS:-1250}" scripts/bench-workloads.sh
 fi
 if want ingest; then
   echo
