@@ -214,17 +214,23 @@ async fn requests_without_a_valid_key_are_refused_with_401_and_a_json_reason() {
     w.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_revoked_in_the_database_is_refused_once_its_remembered_lookup_expires() {
-    // Remembered keys (`gateway.key_cache_ms`) spare a lookup per request; a revocation
-    // still takes effect, within that time.
-    let w = World::start_with(|s| s.gateway.key_cache_ms = 300).await;
+/// A tenant's key, used once (so the gateway has looked it up), then revoked in the database.
+async fn used_then_revoked(w: &World) -> String {
     let key = w.tenant("acme", "pro").await;
     assert_eq!(w.get("/workloads", &key).await.status, StatusCode::OK);
     sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE tenant_id = 'acme'")
         .execute(&w.env.pool)
         .await
         .unwrap();
+    key
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_in_the_database_is_refused_once_its_remembered_lookup_expires() {
+    // Remembered keys (`gateway.key_cache_ms`) spare a lookup per request; a revocation
+    // still takes effect, within that time.
+    let w = World::start_with(|s| s.gateway.key_cache_ms = 300).await;
+    let key = used_then_revoked(&w).await;
     let refused = wait_until(WAIT, POLL, || async {
         w.get("/workloads", &key).await.status == StatusCode::UNAUTHORIZED
     })
@@ -234,12 +240,7 @@ async fn a_key_revoked_in_the_database_is_refused_once_its_remembered_lookup_exp
 
     // With the cache off, the first request after the revocation is refused.
     let w = World::start_with(|s| s.gateway.key_cache_ms = 0).await;
-    let key = w.tenant("acme", "pro").await;
-    assert_eq!(w.get("/workloads", &key).await.status, StatusCode::OK);
-    sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE tenant_id = 'acme'")
-        .execute(&w.env.pool)
-        .await
-        .unwrap();
+    let key = used_then_revoked(&w).await;
     assert_eq!(
         w.get("/workloads", &key).await.status,
         StatusCode::UNAUTHORIZED
