@@ -450,14 +450,25 @@ impl State {
 
     fn drop_proposal(&mut self, id: &Uuid) {
         if let Some(p) = self.proposals.remove(id) {
-            self.dirty.insert(p.worker_id);
+            self.mark_proposal(&p);
         }
     }
 
     fn set_proposal(&mut self, id: Uuid, proposal: Proposal) {
-        self.dirty.insert(proposal.worker_id.clone());
+        self.mark_proposal(&proposal);
         if let Some(old) = self.proposals.insert(id, proposal) {
-            self.dirty.insert(old.worker_id);
+            self.mark_proposal(&old);
+        }
+    }
+
+    /// Marks for re-indexing what a proposal touches: its worker (its probe) and whichever
+    /// workers its GPUs are on now (a GPU may have moved since it was proposed).
+    fn mark_proposal(&mut self, p: &Proposal) {
+        self.dirty.insert(p.worker_id.clone());
+        for gid in &p.gpu_ids {
+            if let Some(g) = self.gpus.get(gid) {
+                self.dirty.insert(g.worker_id.clone());
+            }
         }
     }
 
@@ -689,13 +700,13 @@ impl State {
         let mut placed: HashSet<Uuid> = HashSet::with_capacity(outcome.placed.len());
         let mut placed_gpus: HashSet<String> = HashSet::new();
         for (id, p) in outcome.placed {
+            // Promised now if its append goes through, free again if not: re-indexed next pass.
+            self.dirty.insert(p.worker_id.clone());
             let Some(w) = self.workloads.get(&id) else {
                 continue;
             };
             placed.insert(id);
             placed_gpus.extend(p.gpu_ids.iter().cloned());
-            // Promised now if its append goes through, free again if not: re-indexed next pass.
-            self.dirty.insert(p.worker_id.clone());
             let event = Event::WorkloadPlacementProposed(WorkloadPlacementProposed {
                 workload_id: id,
                 worker_id: p.worker_id,

@@ -35,6 +35,9 @@ impl<T: Clone> KeyCache<T> {
 
     /// Remembers that `hash` resolved to `value` at `now`.
     pub fn put(&mut self, hash: [u8; 32], value: T, now: Instant) {
+        let Some(expires) = now.checked_add(self.ttl) else {
+            return;
+        };
         if self.ttl.is_zero() || self.capacity == 0 {
             return;
         }
@@ -44,7 +47,7 @@ impl<T: Clone> KeyCache<T> {
                 self.entries.clear();
             }
         }
-        self.entries.insert(hash, (value, now + self.ttl));
+        self.entries.insert(hash, (value, expires));
     }
 }
 

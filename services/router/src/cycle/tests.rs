@@ -311,3 +311,36 @@ fn the_kept_free_gpu_index_gives_back_what_a_failed_append_took_and_follows_brea
         "the half-open breaker's probe"
     );
 }
+
+#[test]
+fn a_promised_gpu_that_moved_to_another_worker_is_free_there_once_its_proposal_ends() {
+    let mut s = state(
+        vec![worker("a", 1), worker("b", 0)],
+        vec![row(1, WorkloadKind::BatchInference, 5, 1)],
+    );
+    let plan = s.plan(NOW, &config());
+    assert_eq!(proposed_ids(&plan), vec![Uuid::from_u128(1)]);
+    s.record(&plan, all_appended(&plan), NOW);
+    // The GPU re-registers under worker b while still promised to the proposal.
+    let (_, mut gpus) = worker("a", 1);
+    gpus[0].worker_id = "b".into();
+    s.apply(Changes {
+        next_watermark: 2,
+        gpus,
+        ..Changes::default()
+    });
+    assert!(
+        s.plan(NOW, &config()).proposals.is_empty(),
+        "still promised"
+    );
+    // The proposal times out: the GPU is free again, on b.
+    let later = NOW + time::Duration::milliseconds(config().proposal_timeout_ms as i64 + 1);
+    let plan = s.plan(later, &config());
+    let Some(Event::WorkloadPlacementProposed(p)) = plan.proposals.first().map(|a| &a.event) else {
+        panic!("not placed again: {:?}", plan.proposals)
+    };
+    assert_eq!(
+        (p.worker_id.as_str(), p.gpu_ids.as_slice()),
+        ("b", &["a/gpu-0".to_owned()][..])
+    );
+}

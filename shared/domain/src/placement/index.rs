@@ -20,6 +20,10 @@ use crate::breaker::Admission;
 
 const SCALE: f64 = 1e9;
 
+/// Requested GPU types remembered at most (a kept index forgets them all beyond this, at the
+/// start of a pass).
+const MAX_TYPE_SLOTS: usize = 1_024;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct ClassId(u32);
 
@@ -27,7 +31,9 @@ struct ClassId(u32);
 type Bucket = BTreeSet<(Reverse<i64>, u32)>;
 
 /// FNV-1a: the per-request lookups (type names, shapes) hash a few bytes each, where SipHash's
-/// set-up cost dominates. The keys are ours, not an attacker's.
+/// set-up cost dominates. Requested type names come from tenants, so the maps they key are
+/// bounded (see [`MAX_TYPE_SLOTS`]): colliding names could at worst slow lookups in a map of
+/// that size.
 #[derive(Debug, Clone, Copy)]
 struct Fnv(u64);
 
@@ -188,6 +194,10 @@ impl FreeIndex {
     /// each pass over a kept index.
     pub fn start_pass(&mut self) {
         self.exhausted.clear();
+        if self.type_slots.len() > MAX_TYPE_SLOTS {
+            self.type_slots.clear();
+            self.slot_classes.clear();
+        }
     }
 
     /// What the index holds (for checks that a kept index matches a new one).

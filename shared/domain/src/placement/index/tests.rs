@@ -186,3 +186,33 @@ fn a_probe_allows_one_placement_until_the_worker_is_indexed_again() {
     index.start_pass();
     assert!(index.place(&one).is_some(), "a new pass, a new probe");
 }
+
+#[test]
+fn requested_type_names_are_forgotten_beyond_a_bound() {
+    let mut rng = Rng(3);
+    let fleet = fleet(&mut rng, 2);
+    let mut index = FreeIndex::new(&fleet, ScoreWeights::default());
+    // Tenants name the types: a kept index must not remember every name it was ever asked.
+    for i in 0..=MAX_TYPE_SLOTS {
+        let unknown = PlacementRequest {
+            gpu_count: 1,
+            gpu_type: Some(format!("type-{i}")),
+            min_memory_mib: 0,
+        };
+        assert!(index.place(&unknown).is_none());
+    }
+    assert_eq!(index.type_slots.len(), MAX_TYPE_SLOTS + 1);
+    index.start_pass();
+    assert!(index.type_slots.is_empty() && index.slot_classes.is_empty());
+    let a100 = PlacementRequest {
+        gpu_count: 1,
+        gpu_type: Some("a100".into()),
+        min_memory_mib: 0,
+    };
+    let any = PlacementRequest {
+        gpu_type: None,
+        ..a100.clone()
+    };
+    let placed = index.place(&a100).or_else(|| index.place(&any));
+    assert!(placed.is_some(), "the index still places after forgetting");
+}
